@@ -1,0 +1,98 @@
+"""A stand-in reload command: records each call, then "loads" the fake crash kernel.
+
+The daemon under test runs it as ``[python, reload_recorder.py, STATE_DIR]`` (method
+``command``). Each call:
+
+1. takes a non-blocking exclusive lock on ``STATE_DIR/running.lock``: if another call holds it,
+   this call overlaps a running one and says so in its record (crashhp must never run two);
+2. appends a ``start`` record (JSON line) to ``STATE_DIR/calls.jsonl`` with its pid, process
+   group, monotonic time and whether it overlapped;
+3. writes 0 to ``SYSFS/kernel/kexec_crash_loaded`` (a real reload unloads first), then follows
+   the knobs in ``STATE_DIR/knobs.json``, read fresh at every call:
+
+   - ``duration_ms``: how long the "load" takes (default 0);
+   - ``fail``: how many calls from now fail (exit 1, crash kernel left unloaded); decremented
+     by each failing call;
+   - ``hang``: start a child in the same process group, record its pid, and sleep for ever
+     (the daemon's timeout must kill the whole group);
+   - ``leave_unloaded``: exit 0 but leave ``kexec_crash_loaded`` at 0;
+4. otherwise writes 1 to ``kexec_crash_loaded`` and appends an ``end`` record.
+
+Standard library only; monotonic times are comparable with the test's (same clock, same boot).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    line = json.dumps(record, sort_keys=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+def _take_failure(state: Path) -> bool:
+    """Consume one of the ``fail`` budget under a lock; True if this call must fail."""
+    knobs_path = state / "knobs.json"
+    with open(state / "knobs.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        knobs = json.loads(knobs_path.read_text()) if knobs_path.exists() else {}
+        left = int(knobs.get("fail", 0))
+        if left <= 0:
+            return False
+        knobs["fail"] = left - 1
+        tmp = knobs_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(knobs))
+        tmp.replace(knobs_path)
+        return True
+
+
+def main(argv: list[str]) -> int:
+    state = Path(argv[0])
+    sysfs = Path(argv[1]) if len(argv) > 1 else Path("/sys")
+    loaded = sysfs / "kernel" / "kexec_crash_loaded"
+    calls = state / "calls.jsonl"
+    knobs_path = state / "knobs.json"
+    knobs: dict[str, Any] = json.loads(knobs_path.read_text()) if knobs_path.exists() else {}
+
+    running = open(state / "running.lock", "a+")  # noqa: SIM115 - held until exit
+    try:
+        fcntl.flock(running, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        overlap = False
+    except BlockingIOError:
+        overlap = True
+    base = {"pid": os.getpid(), "pgid": os.getpgid(0), "argv": argv}
+    _append(calls, {**base, "phase": "start", "t": time.monotonic(), "overlap": overlap})
+
+    loaded.write_text("0\n")
+    if knobs.get("hang"):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        _append(calls, {**base, "phase": "hang", "t": time.monotonic(), "child": child.pid})
+        time.sleep(3600)
+        return 0
+    duration_ms = float(knobs.get("duration_ms", 0))
+    if duration_ms > 0:
+        time.sleep(duration_ms / 1000)
+    if _take_failure(state):
+        _append(calls, {**base, "phase": "end", "t": time.monotonic(), "rc": 1})
+        print("reload_recorder: simulated failure", file=sys.stderr)
+        return 1
+    if not knobs.get("leave_unloaded"):
+        loaded.write_text("1\n")
+    _append(calls, {**base, "phase": "end", "t": time.monotonic(), "rc": 0})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
