@@ -1,0 +1,5 @@
+import sys
+
+from crashhp.cli import main
+
+sys.exit(main())

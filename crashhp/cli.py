@@ -1,0 +1,145 @@
+"""The command line: ``main(argv) -> int``, the one place exceptions become exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from crashhp import __version__, kernel, logs, process, reload, status
+from crashhp.config import ConfigError, LoadedConfig, load_config
+from crashhp.decision import Action, decide
+from crashhp.model import Subsystem
+
+EX_SOFTWARE = 70
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crashhp",
+        description="Keep the kdump crash kernel valid across CPU and memory hotplug.",
+    )
+    parser.add_argument("--version", action="version", version=f"crashhp {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
+
+    def with_config(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="use FILE alone instead of /etc/crashhp/crashhp.toml and crashhp.d/*.toml",
+        )
+
+    daemon = sub.add_parser("daemon", help="run the service in the foreground")
+    with_config(daemon)
+    st = sub.add_parser("status", help="is the crash kernel safe across hotplug?")
+    with_config(st)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    check = sub.add_parser("check-config", help="validate the config and show it")
+    check.add_argument("file", nargs="?", type=Path, metavar="FILE")
+    rel = sub.add_parser("reload", help="decide once as the daemon would, and reload if needed")
+    with_config(rel)
+    rel.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.verb == "daemon":
+            return _daemon(args.config)
+        if args.verb == "status":
+            return _status(args.config, as_json=args.json)
+        if args.verb == "check-config":
+            return _check_config(args.file)
+        return _reload(args.config, dry_run=args.dry_run)
+    except ConfigError as exc:
+        print(f"crashhp: {exc}", file=sys.stderr)
+        return 1 if args.verb != "status" else int(status.Exit.UNKNOWN)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `crashhp status | head`
+        sys.stderr.close()
+        return 0
+
+
+def _daemon(config_file: Path | None) -> int:
+    from crashhp.daemon import Daemon
+    from crashhp.notify import SystemdNotifier
+
+    loaded = load_config(config_file)
+    logs.configure(loaded.config.log.format, loaded.config.log.level.value)
+    try:
+        return Daemon(lambda: load_config(config_file), SystemdNotifier()).run()
+    except Exception:
+        # Not a config problem: exit with EX_SOFTWARE so that systemd restarts us
+        # (the unit's RestartPreventExitStatus=1 is for bad configs only).
+        logs.get_logger().exception("daemon_crashed")
+        return EX_SOFTWARE
+
+
+def _method(loaded: LoadedConfig) -> tuple[str, str | None]:
+    try:
+        plan = reload.plan(loaded.config.reload)
+    except reload.NoReloadMethod as exc:
+        return loaded.config.reload.method.value, str(exc)
+    return f"{plan.method.value} ({plan.describe()})", None
+
+
+def _status(config_file: Path | None, *, as_json: bool) -> int:
+    from crashhp.daemon import runtime_dir
+
+    loaded = load_config(config_file)
+    method, error = _method(loaded)
+    report = status.gather(
+        kernel.read_state(), status.read_daemon(runtime_dir()), loaded, method, error
+    )
+    print(json.dumps(report, indent=2) if as_json else status.render(report))
+    return int(report["exit_code"])
+
+
+def _check_config(file: Path | None) -> int:
+    loaded = load_config(file)
+    from crashhp.config import describe_sources
+
+    print(f"{', '.join(map(str, loaded.files)) or 'no config files'}: valid")
+    for key, value, source in describe_sources(loaded):
+        print(f"  {key} = {json.dumps(value)}  # {source}")
+    _, error = _method(loaded)
+    if error:
+        print(f"  note: {error}")
+    return 0
+
+
+def _reload(config_file: Path | None, *, dry_run: bool) -> int:
+    config = load_config(config_file).config
+    state = kernel.read_state()
+    decision = decide(Subsystem, state, config.policy)
+    if decision.action is Action.CONFIRM:
+        time.sleep(config.coalesce.settle_ms / 1000)
+        state = kernel.read_state()
+        decision = decide(Subsystem, state, config.policy, confirmed=True)
+    print(f"decision: {decision.action.value}: {decision.text}")
+    if decision.action is not Action.RELOAD:
+        return 0
+    try:
+        plan = reload.plan(config.reload)
+    except reload.NoReloadMethod as exc:
+        print(f"crashhp: {exc}", file=sys.stderr)
+        return 1
+    if dry_run:
+        print(f"would run: {plan.describe()}")
+        return 0
+    for step in plan.steps:
+        result = process.run(step, config.reload.timeout_s)
+        if not result.ok:
+            print(f"crashhp: reload failed: {result.describe()}\n{result.output}", file=sys.stderr)
+            return 1
+    if not kernel.read_crash_loaded():
+        print("crashhp: reload ran but no crash kernel is loaded afterwards", file=sys.stderr)
+        return 1
+    print(f"reloaded with {plan.describe()}")
+    return 0

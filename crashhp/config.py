@@ -1,0 +1,294 @@
+"""The admin's config: TOML layers validated by a frozen pydantic model.
+
+Layers, later wins: the model's defaults (packaged) < ``/etc/crashhp/crashhp.toml`` <
+``/etc/crashhp/crashhp.d/*.toml`` in name order. ``--config FILE`` replaces the layering.
+The config names commands that run as root, so a file or directory that anyone but root
+(or the invoking user) can write is refused.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from crashhp.model import Policy
+
+ETC_DIR = Path("/etc/crashhp")
+MAX_FILE_BYTES = 1 << 20
+DEFAULTS = "(defaults)"
+
+
+class ReloadMethod(enum.StrEnum):
+    AUTO = "auto"
+    KDUMPCTL = "kdumpctl"
+    KDUMP_CONFIG = "kdump-config"
+    COMMAND = "command"
+
+
+class EventSource(enum.StrEnum):
+    UDEV = "udev"
+    KERNEL = "kernel"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(enum.StrEnum):
+    AUTO = "auto"
+    JOURNAL = "journal"
+    CONSOLE = "console"
+    JSON = "json"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
+
+
+class Coalesce(_Section):
+    quiet_ms: Annotated[int, Field(ge=0, le=600_000)] = 500
+    max_delay_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5000
+    settle_ms: Annotated[int, Field(ge=0, le=60_000)] = 200
+
+
+class Reload(_Section):
+    method: ReloadMethod = ReloadMethod.AUTO
+    command: tuple[str, ...] = ()
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    retries: Annotated[int, Field(ge=0, le=100)] = 5
+    backoff_initial_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+
+    @field_validator("command")
+    @classmethod
+    def _command_absolute(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if value and not value[0].startswith("/"):
+            raise ValueError("the program must be an absolute path (nothing is looked up on PATH)")
+        if any("\0" in arg for arg in value):
+            raise ValueError("arguments may not contain NUL bytes")
+        return value
+
+
+class Events(_Section):
+    source: EventSource = EventSource.UDEV
+    receive_buffer_bytes: Annotated[int, Field(ge=1 << 16, le=1 << 30)] = 128 << 20
+
+
+class Log(_Section):
+    level: LogLevel = LogLevel.INFO
+    format: LogFormat = LogFormat.AUTO
+
+
+class Config(_Section):
+    policy: Policy = Policy.AUTO
+    coalesce: Coalesce = Coalesce()
+    reload: Reload = Reload()
+    events: Events = Events()
+    log: Log = Log()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.coalesce.max_delay_ms < self.coalesce.quiet_ms:
+            raise _CrossFieldError("coalesce.max_delay_ms", "must be >= coalesce.quiet_ms")
+        if self.reload.method is ReloadMethod.COMMAND and not self.reload.command:
+            raise _CrossFieldError("reload.command", 'method = "command" needs a command')
+        if self.reload.backoff_max_s < self.reload.backoff_initial_s:
+            raise _CrossFieldError("reload.backoff_max_s", "must be >= reload.backoff_initial_s")
+        return self
+
+
+class _CrossFieldError(ValueError):
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``str()`` is the one line an admin sees."""
+
+    def __init__(self, path: Path | str, key: str | None, reason: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.reason = reason
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and where each of its set keys came from."""
+
+    config: Config
+    files: tuple[Path, ...]
+    origin: Mapping[str, str] = field(default_factory=dict)
+
+    def source_of(self, key: str) -> str:
+        return self.origin.get(key, DEFAULTS)
+
+
+def load_config(path: Path | None = None, *, etc: Path = ETC_DIR) -> LoadedConfig:
+    """Load ``path`` alone, or the layered files under ``etc``. Raises ConfigError."""
+    if path is not None:
+        files = [path]
+    else:
+        files = []
+        main = etc / "crashhp.toml"
+        if main.exists() or main.is_symlink():
+            files.append(main)
+        dropins = etc / "crashhp.d"
+        if dropins.is_dir():
+            _check_writers(dropins, dropins)
+            files.extend(sorted(p for p in dropins.glob("*.toml") if not p.name.startswith(".")))
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for file in files:
+        data = _read_toml(file)
+        _validate_alone(file, data)
+        _merge(merged, data, origin, str(file))
+    try:
+        config = Config.model_validate(merged)
+    except ValidationError as exc:
+        key, reason = _first_error(exc)
+        raise ConfigError(origin.get(key, files[-1] if files else DEFAULTS), key, reason) from None
+    return LoadedConfig(config=config, files=tuple(files), origin=origin)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        real = path.resolve(strict=True)
+        st = real.stat()
+    except FileNotFoundError:
+        raise ConfigError(path, None, "no such file") from None
+    except OSError as exc:
+        raise ConfigError(path, None, exc.strerror or str(exc)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(path, None, "not a regular file")
+    _check_writers(path, real)
+    _check_writers(path, real.parent)
+    if st.st_size > MAX_FILE_BYTES:
+        raise ConfigError(
+            path, None, f"file too large ({st.st_size} bytes, limit {MAX_FILE_BYTES})"
+        )
+    try:
+        raw = real.read_bytes()[: MAX_FILE_BYTES + 1]
+        text = raw.decode("utf-8")
+        return tomllib.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, None, f"not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(path, None, exc.strerror or str(exc)) from None
+
+
+def _check_writers(shown: Path, real: Path) -> None:
+    """Refuse ``real`` if anyone but root or the caller can write it."""
+    st = real.stat()
+    trusted = {0, os.geteuid()}
+    what = "directory" if stat.S_ISDIR(st.st_mode) else "file"
+    if st.st_uid not in trusted:
+        raise ConfigError(shown, None, f"{what} {real} is owned by uid {st.st_uid}, not root")
+    sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+    if st.st_mode & stat.S_IWOTH and not sticky:
+        raise ConfigError(shown, None, f"{what} {real} is writable by everyone")
+    if st.st_mode & stat.S_IWGRP and st.st_gid not in trusted and not sticky:
+        raise ConfigError(shown, None, f"{what} {real} is writable by group {st.st_gid}")
+
+
+def _validate_alone(path: Path, data: Mapping[str, Any]) -> None:
+    """Type-check one layer on its own so an error names the file that has it."""
+    try:
+        Config.model_validate(data)
+    except ValidationError as exc:
+        key, reason = _first_error(exc)
+        if _is_cross_field(exc):
+            return  # may be completed by another layer; checked after merging
+        raise ConfigError(path, key, reason) from None
+
+
+def _is_cross_field(exc: ValidationError) -> bool:
+    return all(
+        isinstance((err.get("ctx") or {}).get("error"), _CrossFieldError) for err in exc.errors()
+    )
+
+
+def _first_error(exc: ValidationError) -> tuple[str, str]:
+    err = exc.errors()[0]
+    cross = (err.get("ctx") or {}).get("error")
+    if isinstance(cross, _CrossFieldError):
+        return cross.key, cross.reason
+    key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return key, "unknown key"
+    if err["type"] == "missing":
+        return key, "missing"
+    reason = err["msg"]
+    if err["type"] not in {"model_type", "dict_type"} and "input" in err:
+        reason += f" (got {_short(err['input'])})"
+    return key, reason
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _merge(
+    into: dict[str, Any],
+    layer: Mapping[str, Any],
+    origin: dict[str, str],
+    source: str,
+    prefix: str = "",
+) -> None:
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value, origin, source, dotted + ".")
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+            _record(origin, dotted, value, source)
+
+
+def _record(origin: dict[str, str], dotted: str, value: object, source: str) -> None:
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            _record(origin, f"{dotted}.{key}", sub, source)
+    else:
+        origin[dotted] = source
+
+
+def flatten(config: Config) -> dict[str, object]:
+    """``{"reload.method": "auto", ...}``: the effective values, for ``status``."""
+    out: dict[str, object] = {}
+
+    def walk(prefix: str, model: BaseModel) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                walk(f"{prefix}{name}.", value)
+            elif isinstance(value, enum.Enum):
+                out[f"{prefix}{name}"] = value.value
+            elif isinstance(value, tuple):
+                out[f"{prefix}{name}"] = list(value)
+            else:
+                out[f"{prefix}{name}"] = value
+
+    walk("", config)
+    return out
+
+
+def describe_sources(loaded: LoadedConfig) -> Sequence[tuple[str, object, str]]:
+    """(key, value, where it came from) for every key, in order."""
+    return [(k, v, loaded.source_of(k)) for k, v in flatten(loaded.config).items()]

@@ -1,0 +1,138 @@
+"""The one place that runs external commands: argv lists, no shell, always a timeout.
+
+A command runs in a session (and process group) of its own, with its output in an
+anonymous temporary file, so that nothing blocks on a full pipe and a timeout can kill
+the command and every child it left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+OUTPUT_TAIL_BYTES = 4096
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    argv: tuple[str, ...]
+    returncode: int | None  # None: never started, or killed on timeout
+    duration_s: float
+    output: str = ""  # the tail of stdout and stderr together
+    timed_out: bool = False
+    error: str | None = None  # why it could not start
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out and self.error is None
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"could not run {self.argv[0]}: {self.error}"
+        if self.timed_out:
+            return f"{self.argv[0]} timed out after {self.duration_s:.1f} s and was killed"
+        if self.returncode is not None and self.returncode < 0:
+            return f"{self.argv[0]} killed by signal {-self.returncode}"
+        return f"{self.argv[0]} exited with status {self.returncode}"
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    # Distro tools live in sbin; a service manager may give us a PATH without it.
+    env["PATH"] = SAFE_PATH if not env.get("PATH") else f"{env['PATH']}:{SAFE_PATH}"
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"):
+        env.pop(name, None)  # the child must not talk to systemd as if it were us
+    return env
+
+
+class Running:
+    """A started command. ``fileno()`` becomes readable when it exits."""
+
+    def __init__(
+        self, argv: Sequence[str], timeout_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.argv = tuple(argv)
+        self._clock = clock
+        self.started_at = clock()
+        self.deadline = self.started_at + timeout_s
+        self._out = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finish()
+        self._proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=_environment(),
+        )
+        self.pid = self._proc.pid
+        self._pidfd = os.pidfd_open(self.pid)
+        self._timed_out = False
+
+    def fileno(self) -> int:
+        return self._pidfd
+
+    def exited(self) -> bool:
+        return self._proc.poll() is not None
+
+    def kill(self) -> None:
+        """Kill the whole process group (the timeout expired)."""
+        self._timed_out = True
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
+    def finish(self) -> Result:
+        """Reap the command (blocking only if it has not exited) and clean up."""
+        returncode = self._proc.wait()
+        self._kill_group()  # children the command left behind in its group
+        duration = self._clock() - self.started_at
+        os.close(self._pidfd)
+        self._out.seek(0, os.SEEK_END)
+        size = self._out.tell()
+        self._out.seek(max(0, size - OUTPUT_TAIL_BYTES))
+        output = self._out.read().decode("utf-8", "replace").strip()
+        self._out.close()
+        return Result(
+            argv=self.argv,
+            returncode=None if self._timed_out else returncode,
+            duration_s=duration,
+            output=output,
+            timed_out=self._timed_out,
+        )
+
+
+def start(
+    argv: Sequence[str], timeout_s: float, clock: Callable[[], float] = time.monotonic
+) -> Running | Result:
+    """Start ``argv``; a Result instead when it cannot even start."""
+    try:
+        return Running(argv, timeout_s, clock)
+    except OSError as exc:
+        return Result(argv=tuple(argv), returncode=None, duration_s=0.0, error=exc.strerror)
+
+
+def run(argv: Sequence[str], timeout_s: float) -> Result:
+    """Run ``argv`` to completion or timeout."""
+    running = start(argv, timeout_s)
+    if isinstance(running, Result):
+        return running
+    poller = select.poll()
+    poller.register(running.fileno(), select.POLLIN)
+    while not running.exited():
+        left = running.deadline - time.monotonic()
+        if left <= 0:
+            running.kill()
+            break
+        poller.poll(left * 1000)
+    return running.finish()
