@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crashhp import kernel, process, reload
+from crashhp import kernel, logs, process, reload
 from crashhp.coalesce import Coalescer
 from crashhp.config import Config, ConfigError, LoadedConfig
 from crashhp.decision import Action, Decision, Reason, decide
@@ -145,9 +145,10 @@ class Daemon:
             signal.signal(signum, lambda *_: None)  # the wake-up fd carries the number
         self._selector.register(self._sigr.fileno(), selectors.EVENT_READ, "signals")
 
-    def start(self) -> None:
+    def start(self, *, signals: bool = True) -> None:
         """Open the monitor, read the state once, decide if a fresh start must reload."""
-        self._install_signals()
+        if signals:
+            self._install_signals()
         self._open_source()  # before the first read: nothing between them is missed
         state = self._read_state()
         previous = self._read_previous_state()
@@ -184,20 +185,36 @@ class Daemon:
     # ---- the loop -----------------------------------------------------------------
 
     def run(self) -> int:
+        """The service: start, turn the loop until stopped, then clean up."""
         self.start()
-        while not self._stop or self._attempt is not None:
-            timeout = self._next_timeout()
-            for key, _ in self._selector.select(timeout):
-                if key.data == "uevents":
-                    self._on_uevents()
-                elif key.data == "signals":
-                    self._on_signals()
-                elif key.data == "process":
-                    self._on_process_exit()
-            self._on_timers()
+        while not self.finished:
+            self.turn()
+        return self.close()
+
+    @property
+    def finished(self) -> bool:
+        """Stopping was requested and no reload command is running any more."""
+        return self._stop and self._attempt is None
+
+    def turn(self, max_wait: float | None = None) -> None:
+        """One turn of the loop: wait for an fd or the next deadline, then handle both."""
+        timeout = self._next_timeout()
+        if max_wait is not None:
+            timeout = max_wait if timeout is None else min(timeout, max_wait)
+        for key, _ in self._selector.select(timeout):
+            if key.data == "uevents":
+                self._on_uevents()
+            elif key.data == "signals":
+                self._on_signals()
+            elif key.data == "process":
+                self._on_process_exit()
+        self._on_timers()
+
+    def close(self) -> int:
         self._notifier.notify("STOPPING=1\nSTATUS=stopping")
         self._write_state()
         self._close_source()
+        self._selector.close()
         return 0
 
     def _next_timeout(self) -> float | None:
@@ -291,18 +308,20 @@ class Daemon:
             return
         for signum in data:
             if signum in (signal.SIGTERM, signal.SIGINT):
-                if not self._stop:
-                    self._stop = True
-                    self._notifier.notify("STOPPING=1")
-                    self.log.info(
-                        "daemon_stopping",
-                        signal=signal.Signals(signum).name,
-                        waiting_for_reload=self._attempt is not None,
-                    )
+                self.request_stop(signal.Signals(signum).name)
             elif signum == signal.SIGHUP:
-                self._reconfigure()
+                self.reconfigure()
 
-    def _reconfigure(self) -> None:
+    def request_stop(self, why: str) -> None:
+        """Stop after the running reload command, if any, has finished."""
+        if self._stop:
+            return
+        self._stop = True
+        self._notifier.notify("STOPPING=1")
+        self.log.info("daemon_stopping", signal=why, waiting_for_reload=self._attempt is not None)
+
+    def reconfigure(self) -> None:
+        """Re-read the config (SIGHUP); a bad one is logged and the old one stays."""
         self._notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(1) // 1000}")
         try:
             loaded = self._load()
@@ -324,10 +343,9 @@ class Daemon:
             if old.events != self.config.events:
                 self._close_source()
                 self._open_source()
-            from crashhp import logs
-
-            logs.configure(self.config.log.format, self.config.log.level.value)
-            self.log = get_logger()
+            if old.log != self.config.log:
+                logs.configure(self.config.log.format, self.config.log.level.value)
+                self.log = get_logger()
             self.log.info(
                 "config_loaded",
                 files=",".join(str(f) for f in loaded.files) or "(defaults)",

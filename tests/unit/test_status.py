@@ -1,0 +1,50 @@
+"""`crashhp status`: the assessment for every case an admin can be in."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from crashhp.config import Config, LoadedConfig
+from crashhp.model import KernelState, Policy, Subsystem, Verdict
+from crashhp.status import Exit, assess, gather, render
+
+ONE, ZERO, ABSENT = Verdict.KERNEL_UPDATES, Verdict.NEEDS_RELOAD, Verdict.ABSENT
+RUNNING: dict[str, Any] = {"protection": "protected", "pid": 1, "counters": {}}
+
+
+def st(loaded: bool | None, cpu: Verdict = ONE, mem: Verdict = ONE) -> KernelState:
+    return KernelState(
+        loaded, MappingProxyType({Subsystem.CPU: cpu, Subsystem.MEMORY: mem}), 917616, 256 << 20
+    )
+
+
+def test_cases() -> None:
+    assert assess(st(None), None, Policy.AUTO, None).code is Exit.UNKNOWN
+    assert assess(st(False), None, Policy.AUTO, None).code is Exit.CRITICAL
+    assert assess(st(True), None, Policy.AUTO, None).code is Exit.OK  # kernel keeps it
+    a = assess(st(True, ZERO, ZERO), None, Policy.AUTO, None)
+    assert (a.code, a.advice) == (Exit.WARNING, "systemctl enable --now crashhp")
+    a = assess(st(True, ZERO, ZERO), RUNNING, Policy.AUTO, None)
+    assert a.code is Exit.OK
+    assert "every cpu and memory change needs a reload" in a.headline
+    assert "kexec -s" in a.advice
+    assert assess(st(True, ZERO, ZERO), RUNNING, Policy.NEVER, None).code is Exit.WARNING
+    assert assess(st(True, ZERO, ZERO), RUNNING, Policy.AUTO, "no tool").code is Exit.WARNING
+    a = assess(st(True, ABSENT, ABSENT), RUNNING, Policy.AUTO, None)
+    assert (a.code, a.advice) == (Exit.OK, "")
+    assert "cannot update" in a.headline
+    unprotected = {**RUNNING, "protection": "unprotected", "owed": True}
+    assert assess(st(False), unprotected, Policy.AUTO, None).code is Exit.CRITICAL
+    stale = {**RUNNING, "protection": "stale"}
+    assert assess(st(True, ZERO, ZERO), stale, Policy.AUTO, None).code is Exit.WARNING
+
+
+def test_render_one_screen() -> None:
+    report = gather(st(True, ZERO, ONE), RUNNING, LoadedConfig(Config(), ()), "command", None)
+    text = render(report)
+    assert text.startswith("OK: safe: crash kernel loaded without kernel hotplug support")
+    assert "reservation 256 MiB, elfcorehdr 917616 bytes" in text
+    assert "cpu: 0 (reload needed), memory: 1 (kernel updates the header)" in text
+    assert len(text.splitlines()) < 25
+    assert report["exit_code"] == 0
