@@ -1,0 +1,538 @@
+"""A QEMU guest running the trixie 6.12 kernel, with QMP for hotplug and an agent for commands.
+
+    with Vm(assets.ensure(), name="demo") as vm:
+        vm.cpu_add(2)
+        print(vm.agent.run(["cat", "/sys/devices/system/cpu/crash_hotplug"]).stdout)
+
+Every boot appends a small cpio built from the working tree (crashhp/, systemd/, udev/ and the
+guest agent and recorder), so code changes need no asset rebuild. TCG only (VM-NOTES trap 1);
+QEMU 7.2 crashes on a CPU device_add after a CPU device_del (trap 3), so `cpu_add` refuses that.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import select
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tests.system.assets import Assets
+from tests.system.cpio import CpioWriter
+
+REPO = Path(__file__).resolve().parents[2]
+GUEST_DIR = Path(__file__).resolve().parent / "guest"
+QEMU = "qemu-system-x86_64"
+MEMORY = "2G,slots=4,maxmem=8G"
+SMP = "2,sockets=8,cores=1,threads=1,maxcpus=8"
+BOOT_CPUS = 2
+MAX_CPUS = 8
+DIMM_SLOTS = 4
+CMDLINE = (
+    "console=ttyS0 crashkernel=256M memhp_default_state=online_movable panic=-1 "
+    "systemd.show_status=false"
+)
+AGENT_PORT = "org.crashhp.agent"
+EVENTS = "/run/crashhp-test/events.jsonl"
+BOOT_TIMEOUT_S = 240.0
+
+
+class VmError(RuntimeError):
+    """The guest or QEMU did not do what was asked: always a test failure, never a skip."""
+
+
+def hardware_args() -> list[str]:
+    return [
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-m",
+        MEMORY,
+        "-smp",
+        SMP,
+        "-nic",
+        "none",
+        "-display",
+        "none",
+        "-no-user-config",
+        "-nodefaults",
+        "-device",
+        "virtio-serial-pci,id=vser0",
+    ]
+
+
+def qemu_version() -> str:
+    proc = subprocess.run(
+        [QEMU, "--version"], capture_output=True, text=True, timeout=30, check=False
+    )
+    if proc.returncode != 0:
+        raise VmError(f"{QEMU} --version failed: {proc.stderr.strip()}")
+    return proc.stdout.splitlines()[0]
+
+
+def hardware_key() -> list[str]:
+    """What QEMU's ACPI tables depend on."""
+    return [qemu_version(), *hardware_args()]
+
+
+def _unit(description: str, exec_start: str, extra: str = "") -> bytes:
+    return (
+        f"[Unit]\nDescription={description}\nDefaultDependencies=no\n"
+        "After=systemd-udevd.service\n\n"
+        f"[Service]\nExecStart={exec_start}\nRestart=always\nRestartSec=1\n{extra}\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    ).encode()
+
+
+def overlay_cpio() -> bytes:
+    """The per-boot archive: crashhp from the working tree, its unit and rules, the agent."""
+    w = CpioWriter()
+    package = REPO / "crashhp"
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            w.file(f"opt/crashhp/crashhp/{path.relative_to(package)}", path.read_bytes())
+    entry = (
+        "-m crashhp"
+        if (package / "__main__.py").exists()
+        else ("-c 'import sys; from crashhp.cli import main; sys.exit(main(sys.argv[1:]))'")
+    )
+    w.file(
+        "usr/local/bin/crashhp",
+        f'#!/bin/sh\nPYTHONPATH=/opt/crashhp exec /usr/bin/python3 {entry} "$@"\n'.encode(),
+        0o755,
+    )
+    for alias in ("usr/bin/crashhp", "usr/sbin/crashhp"):
+        w.symlink(alias, "/usr/local/bin/crashhp")
+    for unit in sorted((REPO / "systemd").glob("*")):
+        if unit.is_file():
+            w.file(f"etc/systemd/system/{unit.name}", unit.read_bytes())
+    for rules in sorted((REPO / "udev").glob("*.rules")):
+        w.file(f"etc/udev/rules.d/{rules.name}", rules.read_bytes())
+    w.file("opt/crashhp-test/agent.py", (GUEST_DIR / "agent.py").read_bytes())
+    w.file("opt/crashhp-test/recorder.py", (GUEST_DIR / "recorder.py").read_bytes())
+    units = {
+        "crashhp-test-agent.service": _unit(
+            "crashhp system-test agent", "/usr/bin/python3 /opt/crashhp-test/agent.py"
+        ),
+        "crashhp-test-recorder.service": _unit(
+            "crashhp system-test recorder (kexec_crash_loaded poller, uevent log)",
+            "/usr/bin/python3 /opt/crashhp-test/recorder.py",
+            "CPUSchedulingPolicy=fifo\nCPUSchedulingPriority=10\n",
+        ),
+    }
+    for name, text in units.items():
+        w.file(f"etc/systemd/system/{name}", text)
+        w.symlink(f"etc/systemd/system/multi-user.target.wants/{name}", f"../{name}")
+    return w.getvalue()
+
+
+class _Lines:
+    """Line reader over a stream socket with deadlines."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def readline(self, deadline: float) -> bytes:
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            ready, _, _ = select.select([self.sock], [], [], left)
+            if ready:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise VmError("connection closed by QEMU")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def send(self, obj: object) -> None:
+        self.sock.sendall(json.dumps(obj).encode() + b"\n")
+
+
+def _connect(path: Path, deadline: float, alive: Vm) -> socket.socket:
+    while True:
+        alive.check_alive()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            sock.close()
+            if time.monotonic() > deadline:
+                raise VmError(f"cannot connect to {path}") from None
+            time.sleep(0.05)
+        else:
+            return sock
+
+
+class Qmp:
+    def __init__(self, sock: socket.socket) -> None:
+        self.io = _Lines(sock)
+        self.events: list[dict[str, Any]] = []
+        self._id = 0
+        greeting = json.loads(self.io.readline(time.monotonic() + 30))
+        if "QMP" not in greeting:
+            raise VmError(f"unexpected QMP greeting {greeting}")
+        self.execute("qmp_capabilities")
+
+    def execute(
+        self, command: str, arguments: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> Any:
+        self._id += 1
+        request: dict[str, Any] = {"execute": command, "id": self._id}
+        if arguments:
+            request["arguments"] = arguments
+        self.io.send(request)
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = json.loads(self.io.readline(deadline))
+            if "event" in msg:
+                self.events.append(msg)
+            elif msg.get("id") == self._id:
+                if "error" in msg:
+                    raise VmError(f"QMP {command} {arguments}: {msg['error']}")
+                return msg.get("return")
+
+    def wait_event(self, name: str, timeout: float, **data: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev["event"] == name and all(
+                    ev.get("data", {}).get(k) == v for k, v in data.items()
+                ):
+                    return self.events.pop(i)
+            try:
+                msg = json.loads(self.io.readline(deadline))
+            except TimeoutError:
+                raise VmError(f"no QMP event {name} {data} within {timeout} s") from None
+            if "event" in msg:
+                self.events.append(msg)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    argv: list[str]
+    rc: int | None
+    stdout: str
+    stderr: str
+
+    def check(self) -> RunResult:
+        if self.rc != 0:
+            raise VmError(f"guest: {self.argv} exited {self.rc}\n{self.stdout}\n{self.stderr}")
+        return self
+
+
+class Agent:
+    def __init__(self, sock: socket.socket, vm: Vm) -> None:
+        self.io = _Lines(sock)
+        self.vm = vm
+        self._id = 0
+
+    def request(self, op: str, timeout: float = 30.0, **args: Any) -> dict[str, Any]:
+        self._id += 1
+        self.io.send({"id": self._id, "op": op, **args})
+        deadline = time.monotonic() + timeout
+        while True:
+            self.vm.check_alive()
+            try:
+                line = self.io.readline(min(deadline, time.monotonic() + 1.0))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise VmError(f"agent: no answer to {op} {args} in {timeout} s") from None
+                continue
+            try:
+                reply: dict[str, Any] = json.loads(line)
+            except ValueError:
+                continue
+            if reply.get("id") != self._id:
+                continue
+            if "error" in reply:
+                raise VmError(f"agent {op} {args}: {reply['error']}")
+            return reply
+
+    def wait_ready(self, deadline: float) -> None:
+        while True:
+            try:
+                self.request("ping", timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            except VmError:
+                if time.monotonic() > deadline:
+                    raise
+            else:
+                return
+
+    def ping(self) -> int:
+        """The guest's CLOCK_MONOTONIC in ns."""
+        return int(self.request("ping")["mono_ns"])
+
+    def run(self, argv: list[str], timeout: float = 60.0, input_text: str = "") -> RunResult:
+        reply = self.request(
+            "run", timeout=timeout + 10, argv=argv, timeout_s=timeout, input=input_text
+        )
+        return RunResult(argv, reply["rc"], reply["stdout"], reply["stderr"])
+
+    def sh(self, script: str, timeout: float = 60.0) -> RunResult:
+        return self.run(["/bin/sh", "-ec", script], timeout)
+
+    def read_file(self, path: str) -> bytes:
+        return base64.b64decode(self.request("read", path=path)["data"])
+
+    def read_text(self, path: str) -> str:
+        return self.read_file(path).decode()
+
+    def write_file(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        self.request("write", path=path, data=base64.b64encode(raw).decode(), mode=mode)
+
+    def wait_path(self, path: str, timeout: float = 10.0, exists: bool = True) -> bool:
+        reply = self.request(
+            "wait_path", timeout=timeout + 10, path=path, timeout_s=timeout, exists=exists
+        )
+        return bool(reply["ok"])
+
+
+class Vm:
+    def __init__(
+        self,
+        assets: Assets,
+        name: str = "guest",
+        cmdline: str = CMDLINE,
+        acpi_fix: bool = True,
+    ) -> None:
+        self.assets = assets
+        self.name = name
+        self.cmdline = cmdline
+        self.acpi_fix = acpi_fix and assets.acpi_cpio is not None
+        self.dir = Path(tempfile.mkdtemp(prefix=f"crashhp-vm-{name}-"))
+        self.serial_log = self.dir / "serial.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._qmp: Qmp | None = None
+        self._agent: Agent | None = None
+        self.boot_s = 0.0
+        self.cpus_plugged: set[int] = set()
+        self.cpu_removed = False
+        self.dimms: set[int] = set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> Vm:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if shutil.which(QEMU) is None:
+            raise VmError(f"{QEMU} not found: install qemu-system-x86 (make setup)")
+        started = time.monotonic()
+        initrd = self.dir / "initrd.cpio"
+        with initrd.open("wb") as out:
+            if self.acpi_fix:
+                assert self.assets.acpi_cpio is not None
+                out.write(self.assets.acpi_cpio.read_bytes())
+            with self.assets.rootfs_cpio.open("rb") as src:
+                shutil.copyfileobj(src, out, 4 << 20)
+            out.write(overlay_cpio())
+        argv = [
+            QEMU,
+            *hardware_args(),
+            "-name",
+            f"crashhp-{self.name}",
+            "-serial",
+            f"file:{self.serial_log}",
+            "-qmp",
+            f"unix:{self.dir / 'qmp.sock'},server=on,wait=off",
+            "-chardev",
+            f"socket,id=agent,path={self.dir / 'agent.sock'},server=on,wait=off",
+            "-device",
+            f"virtserialport,chardev=agent,name={AGENT_PORT}",
+            "-kernel",
+            str(self.assets.vmlinuz),
+            "-initrd",
+            str(initrd),
+            "-append",
+            self.cmdline,
+        ]
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=(self.dir / "qemu.out").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = started + BOOT_TIMEOUT_S
+        self._qmp = Qmp(_connect(self.dir / "qmp.sock", deadline, self))
+        self._agent = Agent(_connect(self.dir / "agent.sock", deadline, self), self)
+        try:
+            self._agent.wait_ready(deadline)
+            left = max(10.0, deadline - time.monotonic())
+            state = self._agent.run(["systemctl", "is-system-running", "--wait"], timeout=left)
+        except VmError as exc:
+            raise VmError(f"{exc}\n{self.serial_tail()}") from exc
+        self.boot_s = time.monotonic() - started
+        initrd.unlink()
+        if state.stdout.strip() not in ("running", "degraded"):
+            raise VmError(f"guest system state {state.stdout.strip()!r}\n{self.serial_tail()}")
+        if state.stdout.strip() == "degraded":
+            failed = self._agent.run(["systemctl", "--failed", "--no-legend"]).stdout
+            print(f"vm[{self.name}]: degraded, failed units: {failed.strip()}", flush=True)
+
+    def close(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        self.proc = None
+        if proc.poll() is None:
+            with contextlib.suppress(Exception):
+                if self._qmp is not None:
+                    self._qmp.execute("quit", timeout=5)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+        for conn in (self._qmp, self._agent):
+            if conn is not None:
+                conn.io.sock.close()
+        (self.dir / "initrd.cpio").unlink(missing_ok=True)
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            out = (self.dir / "qemu.out").read_text(errors="replace")[-2000:]
+            raise VmError(f"QEMU exited with {self.proc.returncode}: {out}\n{self.serial_tail()}")
+
+    def serial_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.serial_log.read_text(errors="replace")
+        except OSError:
+            return "(no serial log)"
+        return f"--- last serial lines ({self.serial_log}) ---\n" + "\n".join(
+            text.splitlines()[-lines:]
+        )
+
+    @property
+    def qmp(self) -> Qmp:
+        if self._qmp is None:
+            raise VmError("VM not started")
+        return self._qmp
+
+    @property
+    def agent(self) -> Agent:
+        if self._agent is None:
+            raise VmError("VM not started")
+        return self._agent
+
+    # -- hotplug through QMP ---------------------------------------------------------------
+    def free_sockets(self) -> list[int]:
+        slots = self.qmp.execute("query-hotpluggable-cpus")
+        return sorted(int(s["props"]["socket-id"]) for s in slots if "qom-path" not in s)
+
+    def cpu_add(self, socket_id: int) -> str:
+        """Plug a CPU into an empty socket; returns the QOM id. Does not online it."""
+        if self.cpu_removed:
+            raise VmError(
+                "QEMU 7.2 double-frees on CPU device_add after a device_del: use a new VM"
+            )
+        slots = self.qmp.execute("query-hotpluggable-cpus")
+        props = next((s["props"] for s in slots if s["props"].get("socket-id") == socket_id), None)
+        if props is None:
+            raise VmError(f"no CPU socket {socket_id}")
+        dev_id = f"cpu{socket_id}"
+        self.qmp.execute("device_add", {"driver": slots[0]["type"], "id": dev_id, **props})
+        self.cpus_plugged.add(socket_id)
+        return dev_id
+
+    def cpu_del(self, socket_id: int, timeout: float = 60.0) -> None:
+        dev_id = f"cpu{socket_id}"
+        self.cpu_removed = True
+        self.qmp.execute("device_del", {"id": dev_id})
+        self.qmp.wait_event("DEVICE_DELETED", timeout, device=dev_id)
+        self.cpus_plugged.discard(socket_id)
+
+    def dimm_add(self, n: int, size_mib: int = 1024) -> None:
+        self.qmp.execute(
+            "object-add",
+            {"qom-type": "memory-backend-ram", "id": f"mem{n}", "size": size_mib << 20},
+        )
+        self.qmp.execute("device_add", {"driver": "pc-dimm", "id": f"dimm{n}", "memdev": f"mem{n}"})
+        self.dimms.add(n)
+
+    def dimm_del(self, n: int, timeout: float = 60.0) -> None:
+        self.qmp.execute("device_del", {"id": f"dimm{n}"})
+        self.qmp.wait_event("DEVICE_DELETED", timeout, device=f"dimm{n}")
+        self.qmp.execute("object-del", {"id": f"mem{n}"})
+        self.dimms.discard(n)
+
+    # -- guest helpers ---------------------------------------------------------------------
+    def guest_cpu_index(self, socket_id: int) -> int:
+        """The guest's CPU number for a socket (APIC id = socket id with one core/thread)."""
+        return socket_id
+
+    def wait_cpu(self, socket_id: int, timeout: float = 30.0) -> int:
+        n = self.guest_cpu_index(socket_id)
+        if not self.agent.wait_path(f"/sys/devices/system/cpu/cpu{n}/online", timeout):
+            raise VmError(f"guest never saw cpu{n} after plugging socket {socket_id}")
+        return n
+
+    def set_online(self, path: str, online: bool) -> None:
+        self.agent.write_file(path, "1" if online else "0")
+
+    def events(self) -> list[dict[str, Any]]:
+        """The recorder's log: loaded transitions and uevents, guest monotonic ns."""
+        text = self.agent.read_text(EVENTS)
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _main() -> int:
+    """Boot, show the hotplug facts, shut down: `python -m tests.system.vm`."""
+    from tests.system import assets
+
+    a = assets.ensure()
+    with Vm(a, name="smoke") as vm:
+        print(f"booted in {vm.boot_s:.1f} s; dir {vm.dir}")
+        ag = vm.agent
+        print(
+            ag.sh(
+                "grep -i -e 'hotplug CPUs' -e 'ACPI: .*upgrade' -e 'Table Upgrade' "
+                "/dev/kmsg -m 0 2>/dev/null; dmesg | grep -i -e hotplug -e upgrade "
+                "-e 'online capable' | head -20",
+                20,
+            ).stdout
+        )
+        print(
+            "crash_hotplug cpu/mem:",
+            ag.sh(
+                "cat /sys/devices/system/cpu/crash_hotplug /sys/devices/system/memory/crash_hotplug"
+            ).stdout.split(),
+        )
+        t = time.monotonic()
+        vm.cpu_add(2)
+        n = vm.wait_cpu(2)
+        print(f"cpu{n} appeared in {time.monotonic() - t:.2f} s")
+        vm.set_online(f"/sys/devices/system/cpu/cpu{n}/online", True)
+        vm.dimm_add(1)
+        time.sleep(3)
+        print(ag.sh("nproc; grep MemTotal /proc/meminfo").stdout)
+        for ev in vm.events()[-30:]:
+            print(ev)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
