@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crashhp import __version__, kernel, logs, process, reload, status
-from crashhp.config import ConfigError, LoadedConfig, load_config
-from crashhp.decision import Action, decide
-from crashhp.model import Subsystem
+from crashhp.config import Config, ConfigError, LoadedConfig, load_config
+from crashhp.decision import Action, Decision, Reason, decide
+from crashhp.lock import ReloadLock
+from crashhp.model import KernelState, Policy, Subsystem, Verdict
 
 EX_SOFTWARE = 70
 
@@ -43,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     rel = sub.add_parser("reload", help="decide once as the daemon would, and reload if needed")
     with_config(rel)
     rel.add_argument("--dry-run", action="store_true", help="only say what would be done")
+    up = sub.add_parser(
+        "upgrade", help="reload a crash kernel hotplug-capably so the kernel keeps it current"
+    )
+    with_config(up)
+    up.add_argument("--dry-run", action="store_true", help="only say what would be done")
     return parser
 
 
@@ -55,6 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args.config, as_json=args.json)
         if args.verb == "check-config":
             return _check_config(args.file)
+        if args.verb == "upgrade":
+            return _upgrade(args.config, dry_run=args.dry_run)
         return _reload(args.config, dry_run=args.dry_run)
     except ConfigError as exc:
         print(f"crashhp: {exc}", file=sys.stderr)
@@ -83,7 +91,7 @@ def _daemon(config_file: Path | None) -> int:
 
 def _method(loaded: LoadedConfig) -> tuple[str, str | None]:
     try:
-        plan = reload.plan(loaded.config.reload)
+        plan = reload.plan(loaded.config)
     except reload.NoReloadMethod as exc:
         return loaded.config.reload.method.value, str(exc)
     return f"{plan.method.value} ({plan.describe()})", None
@@ -114,32 +122,96 @@ def _check_config(file: Path | None) -> int:
     return 0
 
 
-def _reload(config_file: Path | None, *, dry_run: bool) -> int:
-    config = load_config(config_file).config
+def _decide_once(config: Config) -> tuple[KernelState, Decision]:
+    """The daemon's decision for "everything may have changed", a 0 confirmed."""
     state = kernel.read_state()
     decision = decide(Subsystem, state, config.policy)
     if decision.action is Action.CONFIRM:
         time.sleep(config.coalesce.settle_ms / 1000)
         state = kernel.read_state()
         decision = decide(Subsystem, state, config.policy, confirmed=True)
+    return state, decision
+
+
+def _run_plan(plan: reload.Plan, config: Config) -> process.Result | None:
+    """Run every step under the reload lock; the failing step's result, or None."""
+    from crashhp.daemon import runtime_dir
+
+    lock = ReloadLock(runtime_dir())
+    if not lock.acquire(timeout_s=config.reload.timeout_s):
+        return process.Result(plan.steps[0], None, 0.0, error=f"{lock.path} stays locked")
+    try:
+        for step in plan.steps:
+            result = process.run(step, config.reload.timeout_s)
+            if not result.ok:
+                return result
+        return None
+    finally:
+        lock.release()
+
+
+def _reload(config_file: Path | None, *, dry_run: bool) -> int:
+    config = load_config(config_file).config
+    _, decision = _decide_once(config)
     print(f"decision: {decision.action.value}: {decision.text}")
     if decision.action is not Action.RELOAD:
         return 0
     try:
-        plan = reload.plan(config.reload)
+        plan = reload.plan(config)
     except reload.NoReloadMethod as exc:
         print(f"crashhp: {exc}", file=sys.stderr)
         return 1
     if dry_run:
         print(f"would run: {plan.describe()}")
         return 0
-    for step in plan.steps:
-        result = process.run(step, config.reload.timeout_s)
-        if not result.ok:
-            print(f"crashhp: reload failed: {result.describe()}\n{result.output}", file=sys.stderr)
-            return 1
+    failed = _run_plan(plan, config)
+    if failed is not None:
+        print(f"crashhp: reload failed: {failed.describe()}\n{failed.output}", file=sys.stderr)
+        return 1
     if not kernel.read_crash_loaded():
         print("crashhp: reload ran but no crash kernel is loaded afterwards", file=sys.stderr)
         return 1
     print(f"reloaded with {plan.describe()}")
     return 0
+
+
+def _upgrade(config_file: Path | None, *, dry_run: bool) -> int:
+    """Reload a crash kernel loaded without hotplug support, hotplug-capably, once."""
+    config = load_config(config_file).config
+    state, decision = _decide_once(config.model_copy(update={"policy": Policy.AUTO}))
+    if not state.crash_loaded:
+        print("crashhp: no crash kernel is loaded: nothing to upgrade", file=sys.stderr)
+        return 1
+    if decision.reason is Reason.KERNEL_UPDATES:
+        print("nothing to do: the kernel already keeps the crash kernel current")
+        return 0
+    if decision.reason is not Reason.KERNEL_SAYS_RELOAD:
+        print(f"crashhp: cannot upgrade: {decision.text}", file=sys.stderr)
+        return 1
+    try:
+        plan = reload.upgrade_plan(config)
+    except reload.NoReloadMethod as exc:
+        print(f"crashhp: cannot upgrade: {exc}", file=sys.stderr)
+        return 1
+    fallback = plan.fallback.describe() if plan.fallback else "none"
+    if dry_run:
+        print(f"would run: {plan.describe()}\nif that fails: {fallback}")
+        return 0
+    failed = _run_plan(plan, config)
+    after = kernel.read_state()
+    if failed is None and after.crash_loaded:
+        current = all(after.verdict(s) is Verdict.KERNEL_UPDATES for s in Subsystem)
+        if current:
+            print(f"upgraded with {plan.describe()}: the kernel now keeps it current")
+            return 0
+        print(f"loaded with {plan.describe()}, but crash_hotplug still reads 0", file=sys.stderr)
+        return 1
+    why = failed.describe() if failed else "no crash kernel loaded afterwards"
+    print(f"crashhp: hotplug-capable load failed ({why}); loading it the previous way: {fallback}")
+    if plan.fallback is not None:
+        _run_plan(plan.fallback, config)  # judged by what the kernel says next
+    if kernel.read_crash_loaded():
+        print("crash kernel loaded the previous way; hotplug still needs reloads", file=sys.stderr)
+        return 1
+    print("crashhp: UNPROTECTED: no crash kernel is loaded", file=sys.stderr)
+    return 2

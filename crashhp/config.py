@@ -31,6 +31,7 @@ class ReloadMethod(enum.StrEnum):
     KDUMPCTL = "kdumpctl"
     KDUMP_CONFIG = "kdump-config"
     COMMAND = "command"
+    KEXEC = "kexec"  # crashhp's own load with kexec-tools, from the [kexec] section
 
 
 class EventSource(enum.StrEnum):
@@ -50,6 +51,12 @@ class LogFormat(enum.StrEnum):
     JOURNAL = "journal"
     CONSOLE = "console"
     JSON = "json"
+
+
+class KexecSyscall(enum.StrEnum):
+    AUTO = "auto"  # kexec -a: kexec_file_load, falling back to kexec_load
+    FILE = "file"  # kexec -s: kexec_file_load (the kernel keeps the header current)
+    CLASSIC = "classic"  # kexec -c: kexec_load (+ --hotplug where kernel and tools allow)
 
 
 class _Section(BaseModel):
@@ -80,6 +87,28 @@ class Reload(_Section):
         return value
 
 
+class Kexec(_Section):
+    """How crashhp loads a crash kernel itself (``reload.method = "kexec"``, upgrades)."""
+
+    program: str = "kexec"  # looked up in the sbin directories unless absolute
+    kernel: str = ""  # "" = /boot/vmlinuz-<running release>
+    initrd: str = ""  # "" = the first kdump initrd of the usual distro paths that exists
+    cmdline: str = ""  # "" = /proc/cmdline without crashkernel= and the like, plus append
+    append: str = "irqpoll nr_cpus=1 reset_devices"
+    syscall: KexecSyscall = KexecSyscall.AUTO
+    hotplug: bool = True  # pass --hotplug to kexec_load when the kernel and kexec allow it
+    # Reload a crash kernel that was loaded without hotplug support once, hotplug-capably,
+    # so that the kernel keeps it current and later events need no reload.
+    upgrade: bool = False
+
+    @field_validator("kernel", "initrd", "program")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\0" in value:
+            raise ValueError("may not contain NUL bytes")
+        return value
+
+
 class Events(_Section):
     source: EventSource = EventSource.UDEV
     receive_buffer_bytes: Annotated[int, Field(ge=1 << 16, le=1 << 30)] = 128 << 20
@@ -94,6 +123,7 @@ class Config(_Section):
     policy: Policy = Policy.AUTO
     coalesce: Coalesce = Coalesce()
     reload: Reload = Reload()
+    kexec: Kexec = Kexec()
     events: Events = Events()
     log: Log = Log()
 

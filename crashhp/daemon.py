@@ -24,6 +24,7 @@ from crashhp import kernel, logs, process, reload
 from crashhp.coalesce import Coalescer
 from crashhp.config import Config, ConfigError, LoadedConfig
 from crashhp.decision import Action, Decision, Reason, decide
+from crashhp.lock import ReloadLock
 from crashhp.logs import get_logger
 from crashhp.model import Burst, KernelState, Policy, Subsystem, Verdict
 from crashhp.notify import Notifier, watchdog_interval_s
@@ -116,6 +117,8 @@ class Daemon:
         self._source: UeventSource | None = None
         self._sigr, self._sigw = socket.socketpair()
         self._last_status = ""
+        self._upgrade_failed = False  # until the next config load: do not retry it
+        self._lock = ReloadLock(self._state_dir)
 
     # ---- set-up -------------------------------------------------------------------
 
@@ -164,6 +167,16 @@ class Daemon:
                     self.coalescer.add(now, sub)
             else:
                 self._loaded_topology = current
+            if self.config.kexec.upgrade and any(
+                state.verdict(sub) is Verdict.NEEDS_RELOAD for sub in Subsystem
+            ):
+                self.log.info(
+                    "upgrade_scheduled",
+                    text="crash kernel loaded without hotplug support; reloading it "
+                    "hotplug-capably (kexec.upgrade = true)",
+                )
+                for sub in Subsystem:
+                    self.coalescer.add(now, sub)
         elif previous and previous.get("owed") and state.crash_loaded is False:
             self._owed = True
             self.protection = Protection.UNPROTECTED
@@ -335,6 +348,7 @@ class Daemon:
             )
         else:
             old = self.config
+            self._upgrade_failed = False
             self._loaded = loaded
             self.config = loaded.config
             self.coalescer.retune(
@@ -432,7 +446,7 @@ class Daemon:
 
     def _start_reload(self, burst: Burst, decision: Decision, state: KernelState) -> None:
         try:
-            plan = reload.plan(self.config.reload)
+            plan = self._plan(decision)
         except reload.NoReloadMethod as exc:
             self.counters.bursts += 1
             self.counters.failures += 1
@@ -441,10 +455,39 @@ class Daemon:
             self._summary(burst, decision, state, action="failed", reload_ms=None)
             self._publish()
             return
+        self._begin(burst, decision, plan)
+
+    def _plan(self, decision: Decision) -> reload.Plan:
+        # The kernel supports crash hotplug but the image was loaded without it: if the
+        # admin allows, make this reload the one that lets the kernel keep it current.
+        if (
+            self.config.kexec.upgrade
+            and decision.reason is Reason.KERNEL_SAYS_RELOAD
+            and not self._upgrade_failed
+        ):
+            try:
+                return reload.upgrade_plan(self.config, sysfs=self._sysfs, procfs=self._procfs)
+            except reload.NoReloadMethod as exc:
+                self._upgrade_failed = True
+                self.log.warning("upgrade_unavailable", reason=str(exc))
+        return reload.plan(self.config, sysfs=self._sysfs, procfs=self._procfs)
+
+    def _begin(self, burst: Burst, decision: Decision, plan: reload.Plan) -> None:
+        if not self._lock.acquire():
+            # `crashhp reload` or `crashhp upgrade` is running by hand: try again later.
+            busy = process.Result(
+                argv=plan.steps[0],
+                returncode=None,
+                duration_s=0.0,
+                error=f"another crashhp reload holds {self._lock.path}",
+            )
+            self._finish_attempt(_Attempt(burst, decision, plan, self._clock(), results=[busy]))
+            return
         now = self._clock()
         self._attempt = _Attempt(burst=burst, decision=decision, plan=plan, started_at=now)
         self.log.info(
             "reload_started",
+            purpose=plan.purpose,
             method=plan.method.value,
             command=plan.describe(),
             reason=decision.reason.value,
@@ -484,21 +527,32 @@ class Daemon:
 
     def _finish_attempt(self, attempt: _Attempt) -> None:
         self._attempt = None
+        self._lock.release()
         result = attempt.results[-1]
         duration_ms = (self._clock() - attempt.started_at) * 1000
         state = self._read_state()
         loaded = bool(state.crash_loaded)
-        self.counters.bursts += 1
         if result.ok and loaded:
+            self.counters.bursts += 1
             self.counters.reloads += 1
             self._failures_in_row = 0
             was_unprotected = self.protection in (Protection.UNPROTECTED, Protection.STALE)
             self._owed = False
             self.protection = Protection.PROTECTED
             self._loaded_topology = kernel.topology(self._sysfs, self._procfs)
+            keeps_current = all(state.verdict(s) is Verdict.KERNEL_UPDATES for s in Subsystem)
+            if attempt.plan.purpose == "upgrade" and not keeps_current:
+                self._upgrade_failed = True
+                self.log.warning(
+                    "upgrade_ineffective",
+                    text="hotplug-capable load done but crash_hotplug still reads 0",
+                )
+            done = "upgraded" if attempt.plan.purpose == "upgrade" else "reloaded"
             self.log.info(
                 "reload_done",
-                text=f"crash kernel reloaded ({attempt.plan.method.value}, {duration_ms:.0f} ms)",
+                text=f"crash kernel {done} ({attempt.plan.method.value}, {duration_ms:.0f} ms)",
+                purpose=attempt.plan.purpose,
+                kernel_keeps_current=keeps_current,
                 method=attempt.plan.method.value,
                 duration_ms=round(duration_ms, 1),
                 reloads=self.counters.reloads,
@@ -512,8 +566,22 @@ class Daemon:
             self._publish()
             return
         self.counters.failures += 1
-        self._failures_in_row += 1
         why = result.describe() if not result.ok else "the crash kernel is not loaded afterwards"
+        if attempt.plan.fallback is not None:
+            # Never leave the machine without a crash kernel for an upgrade: load it the
+            # way it was loaded before, at once.
+            self._upgrade_failed = True
+            self.log.warning(
+                "upgrade_failed",
+                text=f"hotplug-capable load failed ({why}); loading it the previous way",
+                reason=why,
+                output=result.output[-500:] or None,
+                crash_loaded=loaded,
+            )
+            self._begin(attempt.burst, attempt.decision, attempt.plan.fallback)
+            return
+        self.counters.bursts += 1
+        self._failures_in_row += 1
         retries = self.config.reload.retries
         retry_in = (
             reload.backoff_s(self.config.reload, self._failures_in_row)

@@ -57,9 +57,14 @@ class Running:
     """A started command. ``fileno()`` becomes readable when it exits."""
 
     def __init__(
-        self, argv: Sequence[str], timeout_s: float, clock: Callable[[], float] = time.monotonic
+        self,
+        argv: Sequence[str],
+        timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        tail_bytes: int = OUTPUT_TAIL_BYTES,
     ) -> None:
         self.argv = tuple(argv)
+        self._tail_bytes = tail_bytes
         self._clock = clock
         self.started_at = clock()
         self.deadline = self.started_at + timeout_s
@@ -100,7 +105,7 @@ class Running:
         os.close(self._pidfd)
         self._out.seek(0, os.SEEK_END)
         size = self._out.tell()
-        self._out.seek(max(0, size - OUTPUT_TAIL_BYTES))
+        self._out.seek(max(0, size - self._tail_bytes))
         output = self._out.read().decode("utf-8", "replace").strip()
         self._out.close()
         return Result(
@@ -113,18 +118,21 @@ class Running:
 
 
 def start(
-    argv: Sequence[str], timeout_s: float, clock: Callable[[], float] = time.monotonic
+    argv: Sequence[str],
+    timeout_s: float,
+    clock: Callable[[], float] = time.monotonic,
+    tail_bytes: int = OUTPUT_TAIL_BYTES,
 ) -> Running | Result:
     """Start ``argv``; a Result instead when it cannot even start."""
     try:
-        return Running(argv, timeout_s, clock)
+        return Running(argv, timeout_s, clock, tail_bytes)
     except OSError as exc:
         return Result(argv=tuple(argv), returncode=None, duration_s=0.0, error=exc.strerror)
 
 
-def run(argv: Sequence[str], timeout_s: float) -> Result:
-    """Run ``argv`` to completion or timeout."""
-    running = start(argv, timeout_s)
+def run(argv: Sequence[str], timeout_s: float, tail_bytes: int = OUTPUT_TAIL_BYTES) -> Result:
+    """Run ``argv`` to completion or timeout; ``tail_bytes`` of its output are kept."""
+    running = start(argv, timeout_s, tail_bytes=tail_bytes)
     if isinstance(running, Result):
         return running
     poller = select.poll()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
-from crashhp.config import Reload, ReloadMethod
+from crashhp import kexec
+from crashhp.config import Config, KexecSyscall, Reload, ReloadMethod
 from crashhp.process import SAFE_PATH
 
 # What each distribution's tool calls its own unload-then-load.
@@ -21,10 +23,16 @@ class NoReloadMethod(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    """The commands one reload runs, in order; each must succeed."""
+    """The commands one reload runs, in order; each must succeed.
+
+    ``fallback``: what to run at once if this plan fails (an upgrade falls back to
+    the way the crash kernel was loaded before, so the machine is never left without).
+    """
 
     method: ReloadMethod
     steps: tuple[tuple[str, ...], ...]
+    purpose: str = "reload"  # or "upgrade"
+    fallback: Plan | None = None
 
     def describe(self) -> str:
         return " && ".join(" ".join(step) for step in self.steps)
@@ -43,19 +51,86 @@ def resolve_method(reload: Reload, path: str | None = None) -> ReloadMethod:
             return method
     raise NoReloadMethod(
         "no kdumpctl or kdump-config found; set reload.method "
-        '(for example method = "command" with command = [...])'
+        '(for example method = "kexec", or "command" with command = [...])'
     )
 
 
-def plan(reload: Reload, path: str | None = None) -> Plan:
-    method = resolve_method(reload, path)
+def plan(
+    config: Config,
+    *,
+    path: str | None = None,
+    sysfs: Path = Path("/sys"),
+    procfs: Path = Path("/proc"),
+) -> Plan:
+    """The configured reload."""
+    method = resolve_method(config.reload, path)
     if method is ReloadMethod.COMMAND:
-        return Plan(method, (reload.command,))
+        return Plan(method, (config.reload.command,))
+    if method is ReloadMethod.KEXEC:
+        caps, spec = _kexec_facts(config, sysfs, procfs)
+        return Plan(method, tuple(kexec.plan_steps(config.kexec, caps, spec)))
     tool, *args = TOOL_STEPS[method]
     found = which(tool, path)
     if found is None:
         raise NoReloadMethod(f"reload.method = {method.value!r} but {tool} is not installed")
     return Plan(method, ((found, *args),))
+
+
+def upgrade_plan(
+    config: Config,
+    *,
+    path: str | None = None,
+    sysfs: Path = Path("/sys"),
+    procfs: Path = Path("/proc"),
+) -> Plan:
+    """A hotplug-capable load, falling back to the configured reload if it fails.
+
+    kexec_file_load images and kexec_load images with --hotplug are kept current by
+    the kernel. Under ``syscall = "classic"`` that needs kexec-tools' --hotplug and the
+    kernel's crash_elfcorehdr_size; otherwise kexec_file_load (-s) is used.
+    """
+    caps, spec = _kexec_facts(config, sysfs, procfs)
+    settings = config.kexec
+    if settings.syscall is KexecSyscall.CLASSIC and not caps.classic_hotplug:
+        missing = (
+            "kexec-tools without --hotplug"
+            if caps.elfcorehdr_size
+            else ("no /sys/kernel/crash_elfcorehdr_size")
+        )
+        raise NoReloadMethod(f"kexec_load cannot be made hotplug-capable here ({missing})")
+    syscall = settings.syscall
+    if syscall is KexecSyscall.AUTO and not caps.classic_hotplug:
+        syscall = KexecSyscall.FILE  # -a could fall back to a kexec_load without the flag
+    steps = (kexec.load_argv(caps, spec.kernel, spec.initrd, spec.cmdline, syscall, hotplug=True),)
+    try:
+        previous = plan(config, path=path, sysfs=sysfs, procfs=procfs)
+    except NoReloadMethod:
+        previous = None
+    if previous is None or previous.method is ReloadMethod.KEXEC:
+        # The way it was loaded before: kexec_load without the flag.
+        previous = Plan(
+            ReloadMethod.KEXEC,
+            (
+                kexec.load_argv(
+                    caps,
+                    spec.kernel,
+                    spec.initrd,
+                    spec.cmdline,
+                    KexecSyscall.CLASSIC,
+                    hotplug=False,
+                ),
+            ),
+        )
+    return Plan(ReloadMethod.KEXEC, steps, purpose="upgrade", fallback=previous)
+
+
+def _kexec_facts(
+    config: Config, sysfs: Path, procfs: Path
+) -> tuple[kexec.Capabilities, kexec.LoadSpec]:
+    try:
+        return kexec.detect(config.kexec, sysfs), kexec.resolve(config.kexec, procfs)
+    except kexec.KexecUnavailable as exc:
+        raise NoReloadMethod(str(exc)) from None
 
 
 def backoff_s(reload: Reload, attempt: int) -> float:

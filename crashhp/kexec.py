@@ -1,0 +1,215 @@
+"""Loading the crash kernel with kexec-tools, hotplug-capably where the system allows.
+
+A load over a loaded crash kernel frees the old image inside the syscall, so crashhp
+loads without a separate ``kexec -p -u`` first: the window without a crash kernel is
+then the syscall's, not the whole kexec-tools run's (see docs/design.md for figures).
+Building the argv is pure; gathering the facts it needs is the thin I/O part.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from crashhp import process
+from crashhp.config import Kexec, KexecSyscall
+from crashhp.process import SAFE_PATH
+
+# Parameters of the running kernel that must not reach the crash kernel: its own
+# reservation, CPU and memory sizing that the small crash environment cannot honour,
+# and parameters crashhp appends itself.
+DROPPED_PARAMS = frozenset(
+    {
+        "crashkernel",
+        "BOOT_IMAGE",
+        "initrd",
+        "nr_cpus",
+        "maxcpus",
+        "possible_cpus",
+        "hugepages",
+        "hugepagesz",
+        "default_hugepagesz",
+        "hugetlb_cma",
+        "cma",
+        "kfence.sample_interval",
+        "memhp_default_state",
+        "movable_node",
+        "mem",
+        "memmap",
+        "swiotlb",
+        "log_buf_len",
+        "quiet",
+        "splash",
+    }
+)
+
+# Where the distributions keep the kdump initrd, then the ordinary initrd.
+INITRD_CANDIDATES = (
+    "/var/lib/kdump/initrd.img-{release}",  # Debian, Ubuntu (kdump-tools)
+    "/boot/initramfs-{release}kdump.img",  # Fedora, RHEL (kdump-utils)
+    "/var/lib/kdump/initramfs-{release}kdump.img",
+    "/boot/initrd-{release}-kdump",  # openSUSE
+    "/boot/initrd.img-{release}",
+    "/boot/initramfs-{release}.img",
+    "/boot/initrd-{release}",
+)
+KERNEL_CANDIDATES = ("/boot/vmlinuz-{release}", "/boot/vmlinux-{release}", "/boot/Image-{release}")
+
+FLAG_OPTIONS = {
+    "file": "--kexec-file-syscall",
+    "classic": "--kexec-syscall",
+    "auto": "--kexec-syscall-auto",
+    "hotplug": "--hotplug",
+}
+
+
+class KexecUnavailable(Exception):
+    """crashhp cannot load a crash kernel itself here; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What the installed kexec-tools and the running kernel offer."""
+
+    program: str
+    options: frozenset[str]  # of FLAG_OPTIONS' keys that `kexec --help` lists
+    elfcorehdr_size: bool  # /sys/kernel/crash_elfcorehdr_size exists
+
+    @property
+    def classic_hotplug(self) -> bool:
+        """kexec_load can be made hotplug-capable (kexec --hotplug)."""
+        return self.elfcorehdr_size and "hotplug" in self.options
+
+
+def parse_help(text: str) -> frozenset[str]:
+    """The options of FLAG_OPTIONS that a `kexec --help` output offers. Pure."""
+    return frozenset(k for k, opt in FLAG_OPTIONS.items() if re.search(rf"{opt}\b", text))
+
+
+def crash_cmdline(proc_cmdline: str, append: str) -> str:
+    """The crash kernel's command line from the running one. Pure."""
+    appended = append.split()
+    appended_keys = {word.partition("=")[0] for word in appended}
+    kept = [
+        word
+        for word in proc_cmdline.split()
+        if word.partition("=")[0] not in DROPPED_PARAMS
+        and word.partition("=")[0] not in appended_keys
+    ]
+    return " ".join([*kept, *appended])
+
+
+def load_argv(
+    caps: Capabilities,
+    kernel: str,
+    initrd: str | None,
+    cmdline: str,
+    syscall: KexecSyscall,
+    *,
+    hotplug: bool,
+) -> tuple[str, ...]:
+    """`kexec -p ...` for one load. Pure.
+
+    ``--hotplug`` is passed only for kexec_load, only when both the kernel
+    (crash_elfcorehdr_size) and kexec-tools support it: kexec aborts otherwise.
+    """
+    argv = [caps.program, "-p"]
+    if syscall is KexecSyscall.FILE:
+        argv.append("-s")
+    elif syscall is KexecSyscall.CLASSIC:
+        argv.append("-c")
+    elif "auto" in caps.options:
+        argv.append("-a")
+    if hotplug and syscall is not KexecSyscall.FILE and caps.classic_hotplug:
+        argv.append("--hotplug")
+    if initrd:
+        argv.append(f"--initrd={initrd}")
+    argv.append(f"--append={cmdline}")
+    argv.append(kernel)
+    return tuple(argv)
+
+
+def unload_argv(caps: Capabilities) -> tuple[str, ...]:
+    return (caps.program, "-p", "-u")  # in this order: `-u -p` would also load
+
+
+def first_existing(candidates: Iterable[str], release: str) -> str | None:
+    for pattern in candidates:
+        path = pattern.format(release=release)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+# ---- the I/O side ------------------------------------------------------------------
+
+
+def find_program(settings: Kexec) -> str:
+    if settings.program.startswith("/"):
+        if not os.access(settings.program, os.X_OK):
+            raise KexecUnavailable(f"kexec.program {settings.program} is not executable")
+        return settings.program
+    found = shutil.which(settings.program, path=SAFE_PATH)
+    if found is None:
+        raise KexecUnavailable(f"{settings.program} not found: install kexec-tools")
+    return found
+
+
+def detect(settings: Kexec, sysfs: Path = Path("/sys"), timeout_s: float = 10) -> Capabilities:
+    """Ask kexec-tools what it supports (`kexec --help`) and the kernel what it offers."""
+    program = find_program(settings)
+    result = process.run([program, "--help"], timeout_s, tail_bytes=1 << 16)
+    if result.error is not None or result.timed_out:
+        raise KexecUnavailable(f"cannot run {program} --help: {result.describe()}")
+    return Capabilities(
+        program=program,
+        options=parse_help(result.output),
+        elfcorehdr_size=(sysfs / "kernel" / "crash_elfcorehdr_size").exists(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSpec:
+    """Everything one crash kernel load needs, resolved from the config and the system."""
+
+    kernel: str
+    initrd: str | None
+    cmdline: str
+
+
+def resolve(settings: Kexec, procfs: Path = Path("/proc"), release: str | None = None) -> LoadSpec:
+    release = release or platform.release()
+    kernel = settings.kernel or first_existing(KERNEL_CANDIDATES, release)
+    if not kernel or not os.path.exists(kernel):
+        raise KexecUnavailable(
+            f"no crash kernel image ({settings.kernel or '/boot/vmlinuz-' + release}); "
+            "set kexec.kernel"
+        )
+    initrd = settings.initrd or first_existing(INITRD_CANDIDATES, release)
+    if settings.initrd and not os.path.exists(settings.initrd):
+        raise KexecUnavailable(f"kexec.initrd {settings.initrd} does not exist")
+    cmdline = settings.cmdline
+    if not cmdline:
+        try:
+            running = (procfs / "cmdline").read_text()
+        except OSError as exc:
+            raise KexecUnavailable(f"cannot read /proc/cmdline: {exc.strerror}") from None
+        cmdline = crash_cmdline(running, settings.append)
+    return LoadSpec(kernel=kernel, initrd=initrd, cmdline=cmdline)
+
+
+def plan_steps(
+    settings: Kexec, caps: Capabilities, spec: LoadSpec, *, hotplug: bool | None = None
+) -> Sequence[tuple[str, ...]]:
+    """The one step of a crashhp load: `kexec -p` straight over the loaded image."""
+    use_hotplug = settings.hotplug if hotplug is None else hotplug
+    return (
+        load_argv(
+            caps, spec.kernel, spec.initrd, spec.cmdline, settings.syscall, hotplug=use_hotplug
+        ),
+    )
