@@ -31,6 +31,12 @@ class Assessment:
     advice: str = ""
 
 
+UPGRADE_ADVICE = (
+    "`crashhp upgrade` (or kexec.upgrade = true) would reload it hotplug-capably "
+    "(kexec -s, or kexec -c --hotplug) so that the kernel keeps it current"
+)
+
+
 def assess(
     state: KernelState,
     daemon: Mapping[str, Any] | None,
@@ -69,7 +75,7 @@ def assess(
     why = (
         f"this kernel cannot update the crash header on {names} changes"
         if unsupported
-        else f"crash kernel loaded without kernel hotplug support: every {names} change "
+        else f"crash kernel loaded with kexec_load without --hotplug: every {names} change "
         "needs a reload"
     )
     if protection == "stale":
@@ -80,18 +86,13 @@ def assess(
         )
     running = daemon is not None
     if running and policy is not Policy.NEVER and method_error is None:
-        advice = (
-            "load it with kexec_file_load (kexec -s) or kexec -c --hotplug so the kernel "
-            "keeps it current and no reload is needed"
-            if not unsupported
-            else ""
-        )
+        advice = UPGRADE_ADVICE if not unsupported else ""
         return Assessment(Exit.OK, f"safe: {why}; crashhp reloads it after each burst", advice)
     if not running:
         return Assessment(
             Exit.WARNING,
             f"at risk: {why}, and crashhp is not running",
-            "systemctl enable --now crashhp",
+            "systemctl enable --now crashhp" + ("" if unsupported else f"; or {UPGRADE_ADVICE}"),
         )
     if policy is Policy.NEVER:
         return Assessment(
