@@ -182,6 +182,7 @@ class Daemon:
             self.protection = Protection.UNPROTECTED
             for sub in Subsystem:
                 self.coalescer.add(now, sub)
+        self._report_support(state)
         self._watchdog_at = now
         self._write_state()
         self._notifier.notify(f"READY=1\nSTATUS={self.status_line()}")
@@ -194,6 +195,32 @@ class Daemon:
             config=",".join(str(f) for f in self._loaded.files) or "(defaults)",
             **_state_fields(state),
         )
+
+    def _report_support(self, state: KernelState) -> None:
+        """Say once, clearly, what the kernel cannot tell us."""
+        if state.crash_loaded is None:
+            self.log.warning(
+                "no_kexec",
+                text="no /sys/kernel/kexec_crash_loaded: this kernel has no kexec support; "
+                "crashhp will only observe",
+            )
+        for sub in Subsystem:
+            verdict = state.verdict(sub)
+            if verdict is Verdict.ABSENT:
+                self.log.warning(
+                    "no_crash_hotplug",
+                    subsystem=sub.value,
+                    text=f"no /sys/devices/system/{sub.value}/crash_hotplug: this kernel cannot "
+                    f"update the crash header on {sub.value} changes (Linux >= 6.6 with "
+                    "CONFIG_CRASH_HOTPLUG can); every change will be reloaded",
+                )
+            elif verdict is Verdict.UNREADABLE:
+                self.log.warning(
+                    "crash_hotplug_unreadable",
+                    subsystem=sub.value,
+                    text=f"/sys/devices/system/{sub.value}/crash_hotplug cannot be read "
+                    "(root-only on Linux 6.6-6.10); treating it as 'reload needed'",
+                )
 
     # ---- the loop -----------------------------------------------------------------
 
