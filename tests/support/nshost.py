@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -649,12 +649,3 @@ class FakeHost:
         if wait_ready:
             proc.wait_ready()
         return proc
-
-
-@contextlib.contextmanager
-def fake_host(base: Path, **kwargs: int) -> Iterator[FakeHost]:
-    host = FakeHost(base, **kwargs)
-    try:
-        yield host
-    finally:
-        host.close()
