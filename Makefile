@@ -2,7 +2,7 @@
 # Both set up everything they need (apt packages as root, the venv).
 PY := .venv/bin/python
 
-.PHONY: setup demo test check lint unit netlink system bench
+.PHONY: setup demo test check lint unit netlink system bench packages
 
 setup:
 	@scripts/setup
@@ -11,8 +11,8 @@ setup:
 demo: setup
 	$(PY) -m tests.system.demo
 
-# Everything CI runs: lint, types, unit, real-netlink and real-kernel tests.
-test: check system
+# Everything CI runs: lint, types, unit, real-netlink tests, packages, real-kernel tests.
+test: check packages system
 
 # The fast suite (well under five minutes).
 check: setup lint unit netlink
@@ -21,6 +21,7 @@ lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
+	.venv/bin/mypy packaging/gen_config.py packaging/check_deb_trixie.py
 
 unit:
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
@@ -30,6 +31,14 @@ netlink:
 
 system:
 	$(PY) -m pytest -q -p no:cacheprovider -m system tests/system
+
+# The Debian package and the RPM into out/, checked by lintian and rpmlint; then the
+# .deb is installed into a trixie root (chroot of the system tests' rootfs, no VM)
+# and checked there. About a minute; see packaging/README.md.
+packages: setup
+	packaging/build-deb
+	packaging/build-rpm
+	$(PY) packaging/check_deb_trixie.py
 
 bench: setup
 	$(PY) -m benchmarks
