@@ -309,8 +309,8 @@ class Daemon:
             return
         try:
             events, ignored = self._source.drain(DRAIN_LIMIT)
-        except MonitorOverflow:
-            self._resync("receive buffer overflow")
+        except MonitorOverflow as exc:
+            self._resync(f"receive buffer overflow ({exc})")
             return
         except OSError as exc:
             self._resync(f"monitor error: {exc.strerror or exc}")

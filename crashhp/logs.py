@@ -123,11 +123,12 @@ def configure(
             from systemd import journal  # the untyped binding stays behind this edge
 
             send = journal.send
-        processors = [*shared, JournalRenderer(send)]
+        processors = [*shared, structlog.processors.format_exc_info, JournalRenderer(send)]
     elif chosen is LogFormat.JSON:
         processors = [
             *shared,
             _add_message_id,
+            structlog.processors.format_exc_info,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(sort_keys=False),
         ]

@@ -83,9 +83,16 @@ class PyudevSource:
         while len(events) + ignored < limit:
             try:
                 device = self._monitor.poll(timeout=0)
+            except ValueError:
+                # libudev rejected one message (EINVAL: no SEQNUM, bad header...). It has
+                # been read off the socket; ignore it and go on with the next.
+                ignored += 1
+                continue
             except OSError as exc:
-                if exc.errno == errno.ENOBUFS:
-                    raise MonitorOverflow from exc
+                # On an overflow the socket reports an error: recvmsg gives ENOBUFS, and
+                # pyudev's own poll() turns POLLERR into an OSError without an errno.
+                if exc.errno in (errno.ENOBUFS, None):
+                    raise MonitorOverflow(str(exc)) from exc
                 raise
             if device is None:
                 break

@@ -379,11 +379,6 @@ def test_status_and_watchdog(host: FakeHost) -> None:
     assert daemon.alive()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="daemon bug: PyudevSource.drain lets pyudev's ValueError (libudev EINVAL) escape; "
-    "the daemon exits 70 (daemon_crashed). Remove this mark when fixed.",
-)
 def test_malformed_message_does_not_kill_the_daemon(host: FakeHost) -> None:
     """libudev fails with EINVAL on a message without SEQNUM; pyudev raises ValueError.
 

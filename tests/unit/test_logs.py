@@ -77,3 +77,21 @@ def test_auto_format(monkeypatch: pytest.MonkeyPatch) -> None:
     # stderr of a test run is neither a terminal nor the journal
     monkeypatch.setattr("sys.stderr", io.StringIO())
     assert not logs.stderr_is_journal()
+
+
+def test_exceptions_keep_their_traceback() -> None:
+    out = io.StringIO()
+    logs.configure(LogFormat.JSON, "info", stream=out)
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        logs.get_logger().exception("daemon_crashed")
+    record = json.loads(out.getvalue())
+    assert "RuntimeError: boom" in record["exception"]
+    sent: list[dict[str, Any]] = []
+    logs.configure(LogFormat.JOURNAL, "info", send=lambda m, **f: sent.append(f))
+    try:
+        raise RuntimeError("bang")
+    except RuntimeError:
+        logs.get_logger().exception("daemon_crashed")
+    assert "RuntimeError: bang" in sent[0]["EXCEPTION"]
