@@ -102,8 +102,15 @@ def _status(config_file: Path | None, *, as_json: bool) -> int:
 
     loaded = load_config(config_file)
     method, error = _method(loaded)
+    from crashhp.peers import default_rule_dirs, find_peer_rules
+
     report = status.gather(
-        kernel.read_state(), status.read_daemon(runtime_dir()), loaded, method, error
+        kernel.read_state(),
+        status.read_daemon(runtime_dir()),
+        loaded,
+        method,
+        error,
+        peers=find_peer_rules(default_rule_dirs()),
     )
     print(json.dumps(report, indent=2) if as_json else status.render(report))
     return int(report["exit_code"])

@@ -6,13 +6,14 @@ import enum
 import json
 import os
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from crashhp.config import LoadedConfig, describe_sources
 from crashhp.model import KernelState, Policy, Subsystem, Verdict
+from crashhp.peers import PeerRule
 
 
 class Exit(enum.IntEnum):
@@ -42,8 +43,37 @@ def assess(
     daemon: Mapping[str, Any] | None,
     policy: Policy,
     method_error: str | None,
+    peers: Sequence[PeerRule] = (),
 ) -> Assessment:
-    """The verdict for an admin, from the kernel's files and the daemon's report."""
+    """The verdict for an admin, from the kernel's files, the daemon's report and the
+    distribution's own hotplug rules."""
+    result = _assess(state, daemon, policy, method_error)
+    reloading = [p for p in peers if p.reloads]
+    if result.code is not Exit.OK or not reloading:
+        return result
+    names = ", ".join(p.peer.rule for p in reloading)
+    kernel_keeps = all(state.verdict(s) is Verdict.KERNEL_UPDATES for s in Subsystem)
+    if daemon is not None:
+        why = "each hotplug event is reloaded twice, by crashhp and by " + names
+    elif kernel_keeps and not all(p.checks_crash_hotplug for p in reloading):
+        why = f"{names} still reloads on every hotplug event, leaving needless windows"
+    else:
+        return result
+    return Assessment(
+        Exit.WARNING,
+        f"{result.headline}; but {why}",
+        "let crashhp take over: ln -s "
+        + " ".join(str(p.peer.takeover) for p in reloading)
+        + " /etc/udev/rules.d/",
+    )
+
+
+def _assess(
+    state: KernelState,
+    daemon: Mapping[str, Any] | None,
+    policy: Policy,
+    method_error: str | None,
+) -> Assessment:
     if state.crash_loaded is None:
         return Assessment(
             Exit.UNKNOWN,
@@ -120,8 +150,10 @@ def gather(
     loaded: LoadedConfig,
     method: str,
     method_error: str | None,
+    *,
+    peers: Sequence[PeerRule] = (),
 ) -> dict[str, Any]:
-    result = assess(state, daemon, loaded.config.policy, method_error)
+    result = assess(state, daemon, loaded.config.policy, method_error, peers)
     return {
         "verdict": result.code.name,
         "exit_code": int(result.code),
@@ -135,6 +167,18 @@ def gather(
             "crash_size": state.crash_size,
         },
         "daemon": dict(daemon) if daemon else None,
+        "peer_rules": [
+            {
+                "rule": p.peer.rule,
+                "package": p.peer.package,
+                "state": p.state.value,
+                "file": str(p.effective),
+                "reloads": p.reloads,
+                "checks_crash_hotplug": p.checks_crash_hotplug,
+                "describe": p.describe(),
+            }
+            for p in peers
+        ],
         "reload_method": method,
         "reload_method_error": method_error,
         "config": {
@@ -185,6 +229,7 @@ def render(report: Mapping[str, Any]) -> str:
         "  config        " + (", ".join(report["config"]["files"]) or "defaults only"),
     ]
     lines += [f"                {item}" for item in changed]
+    lines += [f"  distro rule   {p['describe']}" for p in report.get("peer_rules", [])]
     if report["advice"]:
         lines.append(f"  advice        {report['advice']}")
     return "\n".join(lines)

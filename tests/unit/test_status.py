@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from crashhp.config import Config, LoadedConfig
 from crashhp.model import KernelState, Policy, Subsystem, Verdict
+from crashhp.peers import PEERS, PeerRule, PeerState
 from crashhp.status import Exit, assess, gather, render
 
 ONE, ZERO, ABSENT = Verdict.KERNEL_UPDATES, Verdict.NEEDS_RELOAD, Verdict.ABSENT
@@ -49,3 +51,32 @@ def test_render_one_screen() -> None:
     assert "cpu: 0 (reload needed), memory: 1 (kernel updates the header)" in text
     assert len(text.splitlines()) < 25
     assert report["exit_code"] == 0
+
+
+def peer(state: PeerState, checks: bool = False) -> PeerRule:
+    p = PEERS[0]
+    return PeerRule(p, state, Path("/usr/lib/udev/rules.d") / p.rule, checks_crash_hotplug=checks)
+
+
+def test_a_distro_rule_reloading_as_well_is_a_warning() -> None:
+    active = peer(PeerState.ACTIVE)
+    a = assess(st(True, ZERO, ZERO), RUNNING, Policy.AUTO, None, [active])
+    assert a.code is Exit.WARNING
+    assert "reloaded twice, by crashhp and by 50-kdump-tools.rules" in a.headline
+    assert a.advice == f"let crashhp take over: ln -s {PEERS[0].takeover} /etc/udev/rules.d/"
+    # Taken over: no warning.
+    taken = peer(PeerState.TAKEN_OVER)
+    assert assess(st(True, ZERO, ZERO), RUNNING, Policy.AUTO, None, [taken]).code is Exit.OK
+    # crashhp not running, the kernel keeps it current, and the rule reloads blindly.
+    a = assess(st(True), None, Policy.AUTO, None, [active])
+    assert (a.code, "needless" in a.headline) == (Exit.WARNING, True)
+    # A rule that checks crash_hotplug itself is harmless then.
+    assert assess(st(True), None, Policy.AUTO, None, [peer(PeerState.ACTIVE, True)]).code is Exit.OK
+
+
+def test_render_lists_distro_rules() -> None:
+    report = gather(
+        st(True), None, LoadedConfig(Config(), ()), "command", None, peers=[peer(PeerState.ACTIVE)]
+    )
+    assert "  distro rule   50-kdump-tools.rules (kdump-tools, Debian, Ubuntu)" in render(report)
+    assert report["peer_rules"][0]["reloads"] is True
