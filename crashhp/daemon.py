@@ -177,7 +177,13 @@ class Daemon:
                 )
                 for sub in Subsystem:
                     self.coalescer.add(now, sub)
-        elif previous and previous.get("owed") and state.crash_loaded is False:
+        elif (
+            previous
+            and (previous.get("owed") or previous.get("reloading"))
+            and state.crash_loaded is False
+        ):
+            # The previous instance died during a reload (or after a failed one): the
+            # unload may have happened and the load not; the crash kernel is owed.
             self._owed = True
             self.protection = Protection.UNPROTECTED
             for sub in Subsystem:
@@ -428,6 +434,9 @@ class Daemon:
             self._failures_in_row = 0
             if state.crash_loaded:
                 self.protection = Protection.PROTECTED
+        if decision.reason is Reason.KERNEL_UPDATES:
+            # The kernel keeps the loaded image current: it describes this topology.
+            self._loaded_topology = kernel.topology(self._sysfs, self._procfs)
         self.counters.bursts += 1
         self.counters.skipped[decision.reason.value] = (
             self.counters.skipped.get(decision.reason.value, 0) + 1
@@ -698,6 +707,7 @@ class Daemon:
             "protection": self.protection.value,
             "status": self.status_line(),
             "owed": self._owed,
+            "reloading": self._attempt is not None,
             "policy": self.config.policy.value,
             "counters": {
                 "events": self.counters.events,

@@ -349,3 +349,42 @@ def test_restart_after_a_topology_change_reloads(host: Host) -> None:
     d3 = host.daemon()  # and a restart without a change does nothing
     spin(d3, 0.3)
     assert host.calls == 1
+
+
+def test_restart_during_a_reload_loads_the_owed_crash_kernel(host: Host) -> None:
+    (host.root / "sleep").write_text("5")
+    d = host.daemon()
+    host.sources[0].push(CPU)
+    spin(d, 0.2)
+    assert d._attempt is not None
+    assert d._attempt.running is not None
+    assert json.loads((host.root / "run/state.json").read_text())["reloading"] is True
+    # The daemon dies here (SIGKILL): its command is killed with it (systemd kills the
+    # cgroup) after the unload and before the load.
+    d._attempt.running.kill()
+    d._attempt.running.finish()
+    d._lock.release()
+    assert (host.sys / "kernel/kexec_crash_loaded").read_text() == "0\n"
+    (host.root / "sleep").write_text("0")
+    d2 = host.daemon()
+    assert d2.protection is Protection.UNPROTECTED
+    spin(d2, 0.4)
+    assert host.calls == 2
+    assert (host.sys / "kernel/kexec_crash_loaded").read_text() == "1\n"
+    assert Protection(d2.protection) is Protection.PROTECTED
+
+
+def test_kernel_handled_bursts_keep_the_topology_record_current(host: Host) -> None:
+    host.set(cpu="1", mem="1")
+    d = host.daemon()
+    (host.root / "proc/iomem").write_text("00001000-0009ffff : System RAM\n1-2 : System RAM\n")
+    with capture_logs() as logs:
+        host.sources[0].push(MEM, 8)
+        spin(d, 0.3)
+    assert events(logs, "kernel_handles")
+    d.close()
+    with capture_logs() as logs:
+        d2 = host.daemon()
+        spin(d2, 0.2)
+    assert not events(logs, "topology_changed_while_down")
+    assert host.calls == 0
