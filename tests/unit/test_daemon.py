@@ -8,7 +8,7 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,14 @@ def spin(daemon: Daemon, seconds: float) -> None:
         daemon.turn(max_wait=end - time.monotonic())
 
 
+def spin_until(daemon: Daemon, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Turn the loop until ``predicate`` holds (robust against a loaded machine)."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "condition not reached"
+        daemon.turn(max_wait=0.01)
+
+
 def events(logs: list[MutableMapping[str, Any]], name: str) -> list[MutableMapping[str, Any]]:
     return [e for e in logs if e["event"] == name]
 
@@ -184,7 +192,8 @@ def test_burst_reloads_once_after_confirming_the_zero(host: Host) -> None:
     d = host.daemon()
     with capture_logs() as logs:
         host.sources[0].push(MEM, 1000)
-        spin(d, 0.6)
+        spin_until(d, lambda: d.counters.reloads == 1)
+        spin(d, 0.3)
     assert host.calls == 1
     assert d.counters.reloads == 1
     [burst] = events(logs, "burst")
@@ -233,10 +242,10 @@ def test_failing_then_recovering(host: Host) -> None:
     d = host.daemon()
     with capture_logs() as logs:
         host.sources[0].push(CPU)
-        spin(d, 0.2)
-        assert d.protection is Protection.UNPROTECTED
+        spin_until(d, lambda: d.protection is Protection.UNPROTECTED)
         assert any("UNPROTECTED" in n for n in host.notes.sent)
-        spin(d, 0.8)
+        spin_until(d, lambda: d.protection is Protection.PROTECTED)
+        spin(d, 0.3)
     assert host.calls == 3
     assert len(events(logs, "reload_failed")) == 2
     assert len(events(logs, "unprotected")) == 1
@@ -250,14 +259,15 @@ def test_retries_are_bounded(host: Host) -> None:
     d = host.daemon()
     with capture_logs() as logs:
         host.sources[0].push(CPU)
-        spin(d, 1.5)
+        spin_until(d, lambda: any(e["event"] == "reload_given_up" for e in logs))
+        spin(d, 0.3)
     assert host.calls == 4  # the attempt and retries = 3
     assert events(logs, "reload_given_up")
     assert d.protection is Protection.UNPROTECTED
     # The next event tries again: the crash kernel is owed even though none is loaded.
     host.sources[0].push(CPU)
     (host.root / "fail").write_text("0")
-    spin(d, 0.4)
+    spin_until(d, lambda: d.counters.reloads == 1)
     assert host.calls == 5
     assert Protection(d.protection) is Protection.PROTECTED
 
@@ -266,12 +276,12 @@ def test_events_during_a_reload_cause_one_follow_up(host: Host) -> None:
     (host.root / "sleep").write_text("0.4")
     d = host.daemon()
     host.sources[0].push(MEM, 10)
-    spin(d, 0.15)
-    assert d._attempt is not None  # reloading now
+    spin_until(d, lambda: d._attempt is not None)  # reloading now
     for _ in range(20):
         host.sources[0].push(MEM, 50)
         d.turn(max_wait=0.01)
-    spin(d, 1.5)
+    spin_until(d, lambda: d.counters.reloads == 2)
+    spin(d, 0.3)
     assert host.calls == 2
     starts = [float(x) for x in (host.root / "calls").read_text().split()]
     assert starts[1] - starts[0] >= 0.4  # never two at once
@@ -284,7 +294,7 @@ def test_timeout_fails_the_attempt(host: Host) -> None:
     with capture_logs() as logs:
         host.sources[0].push(CPU)
         started = time.monotonic()
-        spin(d, 0.6)
+        spin_until(d, lambda: d.counters.failures == 1)
     [failed] = events(logs, "reload_failed")
     assert "timed out" in failed["reason"]
     assert time.monotonic() - started < 2
@@ -294,7 +304,8 @@ def test_overflow_rebuilds_the_monitor_and_resyncs(host: Host) -> None:
     d = host.daemon()
     with capture_logs() as logs:
         host.sources[0].push_overflow()
-        spin(d, 0.4)
+        spin_until(d, lambda: d.counters.reloads == 1)
+        spin(d, 0.2)
     assert host.sources[0].closed
     assert len(host.sources) == 2
     assert events(logs, "monitor_overflow")
@@ -324,7 +335,7 @@ def test_stop_waits_for_a_running_reload(host: Host) -> None:
     (host.root / "sleep").write_text("0.3")
     d = host.daemon()
     host.sources[0].push(CPU)
-    spin(d, 0.15)
+    spin_until(d, lambda: d._attempt is not None)
     d.request_stop("SIGTERM")
     assert not d.finished
     end = time.monotonic() + 3
@@ -344,7 +355,7 @@ def test_restart_after_a_topology_change_reloads(host: Host) -> None:
         "00001000-0009ffff : System RAM\n100000000-13fffffff : System RAM\n"
     )
     d2 = host.daemon()
-    spin(d2, 0.3)
+    spin_until(d2, lambda: d2.counters.reloads == 1)
     assert host.calls == 1
     d3 = host.daemon()  # and a restart without a change does nothing
     spin(d3, 0.3)
@@ -355,7 +366,8 @@ def test_restart_during_a_reload_loads_the_owed_crash_kernel(host: Host) -> None
     (host.root / "sleep").write_text("5")
     d = host.daemon()
     host.sources[0].push(CPU)
-    spin(d, 0.2)
+    loaded = host.sys / "kernel/kexec_crash_loaded"
+    spin_until(d, lambda: host.calls == 1 and loaded.read_text() == "0\n")
     assert d._attempt is not None
     assert d._attempt.running is not None
     assert json.loads((host.root / "run/state.json").read_text())["reloading"] is True
@@ -368,7 +380,7 @@ def test_restart_during_a_reload_loads_the_owed_crash_kernel(host: Host) -> None
     (host.root / "sleep").write_text("0")
     d2 = host.daemon()
     assert d2.protection is Protection.UNPROTECTED
-    spin(d2, 0.4)
+    spin_until(d2, lambda: d2.counters.reloads == 1)
     assert host.calls == 2
     assert (host.sys / "kernel/kexec_crash_loaded").read_text() == "1\n"
     assert Protection(d2.protection) is Protection.PROTECTED
