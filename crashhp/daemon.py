@@ -31,6 +31,8 @@ from crashhp.notify import Notifier, watchdog_interval_s
 from crashhp.uevents import MonitorOverflow, PyudevSource, UeventSource
 
 DRAIN_LIMIT = 4096  # events per loop turn, so timers and signals are never starved
+# UNPROTECTED with no retry left: how often to look whether someone else loaded one.
+UNPROTECTED_POLL_S = 1.0
 STATE_FILE = "state.json"
 
 SourceFactory = Callable[[Config], UeventSource]
@@ -108,6 +110,7 @@ class Daemon:
         self._failures_in_row = 0
         self._settling: tuple[Burst, float] | None = None  # burst, re-read at
         self._retry: tuple[Burst, float] | None = None  # burst, retry at
+        self._poll_at: float | None = None  # UNPROTECTED, given up: re-read kexec_crash_loaded
         self._attempt: _Attempt | None = None
         self._stop = False
         self._loaded_topology: str | None = None
@@ -277,6 +280,8 @@ class Daemon:
                 deadlines.append(coalesce)
             if self._retry is not None:
                 deadlines.append(self._retry[1])
+            if self._poll_at is not None:
+                deadlines.append(self._poll_at)
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - self._clock())
@@ -307,6 +312,37 @@ class Daemon:
             burst, _ = self._retry
             self._retry = None
             self._decide(burst, confirmed=True, retry=True)
+        self._watch_unprotected(now)
+
+    def _watch_unprotected(self, now: float) -> None:
+        """Given up and UNPROTECTED: notice at once when someone else loads a crash kernel.
+
+        Nothing else would look before the next hotplug event, and until then STATUS and
+        `crashhp status` would keep saying UNPROTECTED about a protected machine.
+        """
+        idle = (
+            self.protection is Protection.UNPROTECTED
+            and self._retry is None
+            and self._attempt is None
+            and self._settling is None
+            and not self.coalescer.pending
+        )
+        if not idle:
+            self._poll_at = None
+            return
+        if self._poll_at is None:
+            self._poll_at = now + UNPROTECTED_POLL_S
+            return
+        if now < self._poll_at:
+            return
+        self._poll_at = now + UNPROTECTED_POLL_S
+        state = self._read_state()
+        if state.crash_loaded:
+            self._poll_at = None
+            # Loaded after the hotplug that needed our reload: it describes this topology.
+            self._loaded_topology = kernel.topology(self._sysfs, self._procfs)
+            self._recovered("a crash kernel was loaded by someone else")
+            self._publish()
 
     # ---- events -------------------------------------------------------------------
 
@@ -398,6 +434,14 @@ class Daemon:
                 files=",".join(str(f) for f in loaded.files) or "(defaults)",
                 policy=self.config.policy.value,
             )
+        if (
+            self.protection in (Protection.UNPROTECTED, Protection.STALE)
+            and self._attempt is None
+            and self._retry is None
+        ):
+            # A reload that was given up on is tried again now (reload_given_up says so).
+            now = self._clock()
+            self._retry = (Burst(0, frozenset(Subsystem), now, now), now)
         self._notifier.notify(f"READY=1\nSTATUS={self.status_line()}")
 
     # ---- deciding -----------------------------------------------------------------
