@@ -16,8 +16,9 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from crashhp import kernel, logs, process, reload
@@ -31,6 +32,10 @@ from crashhp.notify import Notifier, watchdog_interval_s
 from crashhp.uevents import MonitorOverflow, PyudevSource, UeventSource
 
 DRAIN_LIMIT = 4096  # events per loop turn, so timers and signals are never starved
+# A crash_hotplug 0 is re-read this often over settle_ms; a single 1 among the reads means
+# the kernel keeps the image current (a busy kexec lock reads 0, never 1). A kexec load
+# holds the lock for about 50 ms; the kernel's own header update for far less.
+SETTLE_READ_INTERVAL_S = 0.010
 # UNPROTECTED with no retry left: how often to look whether someone else loaded one.
 UNPROTECTED_POLL_S = 1.0
 STATE_FILE = "state.json"
@@ -64,6 +69,17 @@ class Counters:
     failures: int = 0
     overflows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Settle:
+    """A burst whose crash_hotplug read 0: re-read until ``until`` before trusting it."""
+
+    burst: Burst
+    stale: tuple[Subsystem, ...]  # the subsystems whose file read 0
+    until: float
+    next_read: float
+    seen_updating: set[Subsystem] = field(default_factory=set)  # read 1 at least once
 
 
 @dataclass
@@ -108,7 +124,7 @@ class Daemon:
         self.last_burst: dict[str, Any] | None = None
         self._owed = False
         self._failures_in_row = 0
-        self._settling: tuple[Burst, float] | None = None  # burst, re-read at
+        self._settling: _Settle | None = None
         self._retry: tuple[Burst, float] | None = None  # burst, retry at
         self._poll_at: float | None = None  # UNPROTECTED, given up: re-read kexec_crash_loaded
         self._attempt: _Attempt | None = None
@@ -273,7 +289,7 @@ class Daemon:
         if self._attempt is not None and self._attempt.running is not None:
             deadlines.append(self._attempt.running.deadline)
         elif self._settling is not None:
-            deadlines.append(self._settling[1])
+            deadlines.append(self._settling.next_read)
         elif not self._stop:
             coalesce = self.coalescer.deadline()
             if coalesce is not None:
@@ -300,10 +316,7 @@ class Daemon:
         if self._stop:
             return
         if self._settling is not None:
-            burst, at = self._settling
-            if now >= at:
-                self._settling = None
-                self._decide(burst, confirmed=True)
+            self._on_settle_read(self._settling, now)
             return
         if self.coalescer.due(now):
             self._retry = None  # a new decision supersedes a scheduled retry
@@ -313,6 +326,22 @@ class Daemon:
             self._retry = None
             self._decide(burst, confirmed=True, retry=True)
         self._watch_unprotected(now)
+
+    def _on_settle_read(self, settle: _Settle, now: float) -> None:
+        """One of the re-reads of a 0; the last one decides, counting any 1 seen."""
+        if now < settle.next_read:
+            return
+        if now < settle.until:
+            settle.seen_updating.update(
+                s
+                for s in settle.stale
+                if s not in settle.seen_updating
+                and kernel.read_verdict(s, self._sysfs) is Verdict.KERNEL_UPDATES
+            )
+            settle.next_read = min(settle.until, now + SETTLE_READ_INTERVAL_S)
+            return
+        self._settling = None
+        self._decide(settle.burst, confirmed=True, seen_updating=frozenset(settle.seen_updating))
 
     def _watch_unprotected(self, now: float) -> None:
         """Given up and UNPROTECTED: notice at once when someone else loads a crash kernel.
@@ -458,13 +487,31 @@ class Daemon:
             self.protection = Protection.PROTECTED
         return state
 
-    def _decide(self, burst: Burst, *, confirmed: bool, retry: bool = False) -> None:
+    def _decide(
+        self,
+        burst: Burst,
+        *,
+        confirmed: bool,
+        retry: bool = False,
+        seen_updating: frozenset[Subsystem] = frozenset(),
+    ) -> None:
         state = self._read_state()
+        if seen_updating:
+            # A 1 read during the settle time is the truth; a 0 since was a busy lock.
+            verdicts = {
+                s: Verdict.KERNEL_UPDATES if s in seen_updating else state.verdict(s)
+                for s in Subsystem
+            }
+            state = replace(state, verdicts=MappingProxyType(verdicts))
         decision = decide(
             burst.subsystems, state, self.config.policy, confirmed=confirmed, owed=self._owed
         )
         if decision.action is Action.CONFIRM:
-            self._settling = (burst, self._clock() + self.config.coalesce.settle_ms / 1000)
+            now = self._clock()
+            until = now + self.config.coalesce.settle_ms / 1000
+            self._settling = _Settle(
+                burst, decision.stale, until, min(until, now + SETTLE_READ_INTERVAL_S)
+            )
             self.log.debug("settling", stale=list(decision.stale), text=decision.text)
             return
         if decision.action is Action.RELOAD:
