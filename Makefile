@@ -2,7 +2,7 @@
 # Both set up everything they need (apt packages as root, the venv).
 PY := .venv/bin/python
 
-.PHONY: setup demo test check lint unit netlink system bench packages
+.PHONY: setup demo test check lint unit netlink faults system bench packages
 
 setup:
 	@scripts/setup
@@ -15,7 +15,7 @@ demo: setup
 test: check packages system
 
 # The fast suite (well under five minutes).
-check: setup lint unit netlink
+check: setup lint unit netlink faults
 
 lint:
 	.venv/bin/ruff check .
@@ -28,6 +28,12 @@ unit:
 
 netlink:
 	$(PY) -m pytest -q -p no:cacheprovider -m netlink tests/integration
+
+# Fault injection on the real daemon in private namespaces (issue 7; about 3 minutes):
+# storms, reload failures, the kernel's busy-lock race, SIGKILL and restart, hostile
+# input and configs, missing kernel support.
+faults:
+	$(PY) -m pytest -q -p no:cacheprovider -m faults tests/faults
 
 system:
 	$(PY) -m pytest -q -p no:cacheprovider -m system tests/system

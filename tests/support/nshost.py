@@ -4,9 +4,12 @@
 ``sys/memory``, ``sys/kernel``, ``run``) and starts programs with
 ``unshare --net --mount --propagation private`` through :mod:`tests.support.nsinit`, which
 bind-mounts those directories over ``/sys/devices/system/cpu``, ``/sys/devices/system/memory``,
-``/sys/kernel`` and ``/run`` inside the namespace only. The test writes the files directly in
-its directory at any time; the program sees them at the kernel's paths. ``run/udev/control``
-exists so that libudev subscribes to the udev group even where ``/dev`` is not a devtmpfs.
+``/sys/kernel`` and ``/run`` inside the namespace only, and a fake ``proc/iomem`` file over
+``/proc/iomem`` (procfs cannot be replaced wholesale, one file can). The test writes the files
+directly in its directory at any time; the program sees them at the kernel's paths. The fake
+iomem is one file bind-mounted by inode, so it is rewritten in place, never replaced.
+``run/udev/control`` exists so that libudev subscribes to the udev group even where ``/dev``
+is not a devtmpfs.
 
 The namespace has its own uevent netlink: udev-group messages sent there reach only the
 monitors of that namespace, and nothing from the host's udevd gets in. Messages are sent from a
@@ -227,6 +230,9 @@ class Call:
     end: float | None
     rc: int | None
     hang_child: int | None
+    argv: tuple[str, ...] = ()  # the recorder's own arguments (after the script)
+    ebusy: bool = False  # failed as kexec does on EBUSY (``ebusy_lock`` knob)
+    image: dict[str, Any] | None = None  # the topology it "loaded" (successful calls)
 
 
 class ReloadRecorder:
@@ -250,12 +256,14 @@ class ReloadRecorder:
         fail: int = 0,
         hang: bool = False,
         leave_unloaded: bool = False,
+        ebusy_lock: Path | None = None,
     ) -> None:
         knobs = {
             "duration_ms": duration_ms,
             "fail": fail,
             "hang": hang,
             "leave_unloaded": leave_unloaded,
+            "ebusy_lock": str(ebusy_lock) if ebusy_lock is not None else None,
         }
         tmp = self.state / "knobs.tmp"
         tmp.write_text(json.dumps(knobs))
@@ -289,12 +297,24 @@ class ReloadRecorder:
                     end=end["t"] if end else None,
                     rc=end["rc"] if end else None,
                     hang_child=hang["child"] if hang else None,
+                    argv=tuple(rec.get("argv", ())),
+                    ebusy=bool(end.get("ebusy")) if end else False,
+                    image=end.get("image") if end else None,
                 )
             )
         return sorted(calls, key=lambda c: c.start)
 
     def count(self) -> int:
         return len(self.calls())
+
+    def image(self) -> dict[str, Any] | None:
+        """The topology the last successful call "loaded", or None before any."""
+        path = self.state / "image.json"
+        try:
+            image: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return image
 
     def wait_calls(self, n: int, timeout: float = 10.0) -> list[Call]:
         return wait_until(
@@ -323,6 +343,21 @@ def _is_ours(pid: int) -> bool:
     except OSError:
         return False
     return b"reload_recorder" in cmdline or b"time.sleep(3600)" in cmdline
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """The ``kB`` and count fields of ``/proc/PID/status`` (VmRSS, VmHWM, Threads...)."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields = value.split()
+        if fields and fields[0].isdigit():
+            out[key] = int(fields[0])
+    return out
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def process_gone(pid: int) -> bool:
@@ -475,14 +510,16 @@ class Daemon(NsProcess):
     """``python -m crashhp daemon --config FILE`` in the fake host; JSON logs on stderr."""
 
     def __init__(self, popen: subprocess.Popen[bytes], host: FakeHost) -> None:
+        self.spawned_at = time.monotonic()
         super().__init__(popen)
         self.host = host
         self.logs = self.stderr
         self.notify = host.notify
 
     def wait_ready(self, timeout: float = 15.0) -> Notification:
+        """This process's READY=1 (the notify socket outlives restarts of the daemon)."""
         try:
-            return self.notify.wait_for("READY", "1", timeout=timeout)
+            return self.notify.wait_for("READY", "1", timeout=timeout, after=self.spawned_at)
         except WaitTimeout as e:
             raise WaitTimeout(f"{e}\n--- daemon stderr ---\n{self.logs.text()}") from None
 
@@ -518,6 +555,10 @@ class FakeHost:
         base.mkdir(parents=True, exist_ok=True)
         base.chmod(0o755)
         self.sysfs = FakeSysfs(base / "sys", cpus=cpus, memory_blocks=memory_blocks)
+        self.iomem = base / "proc" / "iomem"
+        self.iomem.parent.mkdir(exist_ok=True)
+        self.iomem.touch()
+        self.set_topology(cpus=cpus, memory_blocks=memory_blocks)
         self.run = base / "run"
         (self.run / "udev").mkdir(parents=True, exist_ok=True)
         (self.run / "udev" / "control").touch()
@@ -550,7 +591,44 @@ class FakeHost:
             (self.sysfs.memory, "/sys/devices/system/memory"),
             (self.sysfs.kernel, "/sys/kernel"),
             (self.run, "/run"),
+            (self.iomem, "/proc/iomem"),
         ]
+
+    BLOCK_BYTES = 0x8000000  # FakeSysfs's block_size_bytes: 128 MiB
+
+    def set_topology(self, *, cpus: int | None = None, memory_blocks: int | None = None) -> None:
+        """Hot-plug in the fake kernel: cpus 0..N-1 present and online, N memory blocks online.
+
+        Memory is "System RAM" in /proc/iomem: the low 640 KiB, then one range per block from
+        1 MiB on, one line per four blocks (as the kernel merges adjacent ranges, roughly).
+        """
+        if cpus is not None:
+            span = f"0-{cpus - 1}" if cpus > 1 else "0"
+            for name in ("present", "online"):
+                self.sysfs.write(self.sysfs.cpu / name, span)
+            for n in range(cpus):
+                (self.sysfs.cpu / f"cpu{n}").mkdir(exist_ok=True)
+        if memory_blocks is not None:
+            lines = ["00000000-00000fff : Reserved", "00001000-0009fbff : System RAM"]
+            start = 0x100000
+            for first in range(0, memory_blocks, 4):
+                size = min(4, memory_blocks - first) * self.BLOCK_BYTES
+                lines.append(f"{start:08x}-{start + size - 1:08x} : System RAM")
+                start += size
+            fd = os.open(self.iomem, os.O_WRONLY | os.O_TRUNC)
+            try:
+                os.write(fd, ("\n".join(lines) + "\n").encode())
+            finally:
+                os.close(fd)
+
+    def topology(self) -> dict[str, Any]:
+        """The current fake topology, as the reload recorder records a "loaded image"."""
+        ram = [line.strip() for line in self.iomem.read_text().splitlines() if "System RAM" in line]
+        return {
+            "ram": ram,
+            "present": (self.sysfs.cpu / "present").read_text().strip(),
+            "online": (self.sysfs.cpu / "online").read_text().strip(),
+        }
 
     def next_seqnum(self) -> int:
         self._seqnum += 1

@@ -16,7 +16,13 @@ The daemon under test runs it as ``[python, reload_recorder.py, STATE_DIR]`` (me
    - ``hang``: start a child in the same process group, record its pid, and sleep for ever
      (the daemon's timeout must kill the whole group);
    - ``leave_unloaded``: exit 0 but leave ``kexec_crash_loaded`` at 0;
-4. otherwise writes 1 to ``kexec_crash_loaded`` and appends an ``end`` record.
+   - ``ebusy_lock``: a path; while another process holds an flock on it (a concurrent kexec
+     holding the kernel's kexec lock), fail as kexec-tools does on EBUSY: the message
+     ``kexec_file_load failed: Device or resource busy`` and exit 255, nothing loaded;
+4. otherwise writes 1 to ``kexec_crash_loaded``, records the topology the "loaded image"
+   describes (what kexec reads to build the elfcorehdr: the "System RAM" lines of
+   ``/proc/iomem`` and the cpu ``present``/``online`` masks) in ``STATE_DIR/image.json`` and
+   in its ``end`` record.
 
 Standard library only; monotonic times are comparable with the test's (same clock, same boot).
 """
@@ -58,6 +64,39 @@ def _take_failure(state: Path) -> bool:
         return True
 
 
+def _lock_held_elsewhere(path: str) -> bool:
+    """True if another process holds an flock on ``path`` (we do not keep it)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our lock, if we got it
+    return False
+
+
+def _topology(sysfs: Path) -> dict[str, Any]:
+    """What a kexec load would put in the crash kernel's elfcorehdr, as seen from here."""
+    image: dict[str, Any] = {}
+    try:
+        with open("/proc/iomem", "rb") as iomem:
+            image["ram"] = [
+                line.decode(errors="replace").strip() for line in iomem if b"System RAM" in line
+            ]
+    except OSError as exc:
+        image["ram"] = f"unreadable: {exc.strerror}"
+    for name in ("present", "online"):
+        try:
+            image[name] = (sysfs / "devices/system/cpu" / name).read_text().strip()
+        except OSError as exc:
+            image[name] = f"unreadable: {exc.strerror}"
+    return image
+
+
 def main(argv: list[str]) -> int:
     state = Path(argv[0])
     sysfs = Path(argv[1]) if len(argv) > 1 else Path("/sys")
@@ -84,13 +123,24 @@ def main(argv: list[str]) -> int:
     duration_ms = float(knobs.get("duration_ms", 0))
     if duration_ms > 0:
         time.sleep(duration_ms / 1000)
+    busy = knobs.get("ebusy_lock")
+    if busy and _lock_held_elsewhere(str(busy)):
+        _append(calls, {**base, "phase": "end", "t": time.monotonic(), "rc": 255, "ebusy": True})
+        print("kexec_file_load failed: Device or resource busy", file=sys.stderr)
+        return 255
     if _take_failure(state):
         _append(calls, {**base, "phase": "end", "t": time.monotonic(), "rc": 1})
         print("reload_recorder: simulated failure", file=sys.stderr)
         return 1
+    end: dict[str, Any] = {**base, "phase": "end", "rc": 0}
     if not knobs.get("leave_unloaded"):
+        image = _topology(sysfs)
+        tmp = state / "image.tmp"
+        tmp.write_text(json.dumps(image, sort_keys=True))
+        tmp.replace(state / "image.json")
         loaded.write_text("1\n")
-    _append(calls, {**base, "phase": "end", "t": time.monotonic(), "rc": 0})
+        end["image"] = image
+    _append(calls, {**end, "t": time.monotonic()})
     return 0
 
 
