@@ -18,6 +18,12 @@ _SYSNAME = {
     Subsystem.MEMORY: re.compile(r"memory[0-9]{1,9}"),
 }
 _VERDICT_PROPERTY = "CRASHHP_KERNEL_UPDATES"  # set by udev/70-crashhp.rules
+# libudev has read one message off the socket and refused to parse it (a SEQNUM beyond
+# 2**64 gives ERANGE, for example); the socket itself is fine. pyudev raises EINVAL as
+# ValueError and these as OSError.
+_REJECTED_MESSAGE = frozenset(
+    {errno.ERANGE, errno.EBADMSG, errno.EPROTO, errno.ENODATA, errno.EILSEQ, errno.EOVERFLOW}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +99,9 @@ class PyudevSource:
                 # pyudev's own poll() turns POLLERR into an OSError without an errno.
                 if exc.errno in (errno.ENOBUFS, None):
                     raise MonitorOverflow(str(exc)) from exc
+                if exc.errno in _REJECTED_MESSAGE:
+                    ignored += 1
+                    continue
                 raise
             if device is None:
                 break
