@@ -27,9 +27,9 @@ SETTLE_S = 0.100
 
 
 @contextmanager
-def flicker(host: FakeHost, busy_s: tuple[float, float], free_s: tuple[float, float]) -> Iterator[
-    threading.Event
-]:
+def flicker(
+    host: FakeHost, busy_s: tuple[float, float], free_s: tuple[float, float]
+) -> Iterator[threading.Event]:
     """Both crash_hotplug files read 0 for ``busy_s`` (a random length in that range), then 1
     for ``free_s``, over and over, until the block ends; kexec_crash_loaded stays 1."""
     stop = threading.Event()

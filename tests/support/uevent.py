@@ -199,6 +199,42 @@ def udev_message(event: Uevent) -> bytes:
     return header + body
 
 
+def raw_udev_message(
+    properties: Sequence[bytes] | bytes,
+    *,
+    filter_subsystem: str = "cpu",
+    magic: int = UDEV_MONITOR_MAGIC,
+    header_size: int = HEADER_SIZE,
+    properties_off: int = HEADER_SIZE,
+    properties_len: int | None = None,
+    tags: Iterable[str] = DEFAULT_TAGS,
+) -> bytes:
+    """A udev-format message with any header fields and any property bytes.
+
+    For hostile-input tests: ``properties`` are raw ``KEY=VALUE`` byte strings (each gets its
+    NUL; pass ``bytes`` to lay out the body exactly, terminators and all), so they may hold
+    bytes that are not UTF-8, newlines, or no ``=``. ``filter_subsystem`` only sets the
+    header's subsystem hash, which decides whether a monitor's BPF filter lets it through;
+    the ``SUBSYSTEM`` property, if any, is whatever ``properties`` says.
+    """
+    body = properties if isinstance(properties, bytes) else b"".join(p + b"\0" for p in properties)
+    bloom = tag_bloom(tags)
+    return (
+        b"libudev\0"
+        + struct.pack(">I", magic)
+        + struct.pack(
+            "=III",
+            header_size,
+            properties_off,
+            len(body) if properties_len is None else properties_len,
+        )
+        + struct.pack(
+            ">IIII", murmurhash2(filter_subsystem.encode()), 0, bloom >> 32, bloom & 0xFFFFFFFF
+        )
+        + body
+    )
+
+
 def kernel_message(event: Uevent, *, with_seqnum: bool = True) -> bytes:
     """The kernel-format (group 1) message: ``ACTION@DEVPATH\\0KEY=VALUE\\0...``."""
     props = event.properties(with_seqnum=with_seqnum)
