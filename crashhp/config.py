@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from crashhp.model import Policy
 
@@ -59,23 +67,30 @@ class KexecSyscall(enum.StrEnum):
     CLASSIC = "classic"  # kexec -c: kexec_load (+ --hotplug where kernel and tools allow)
 
 
+# TOML is typed: a number where a number belongs. Without Strict(), pydantic would take
+# `quiet_ms = true` for 1, `timeout_s = "10"` for 10.0 and `upgrade = "yes"` for True.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # an integer is a number too: timeout_s = 10 is fine
+Bool = Annotated[bool, Strict()]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_enum_values=False)
 
 
 class Coalesce(_Section):
-    quiet_ms: Annotated[int, Field(ge=0, le=600_000)] = 500
-    max_delay_ms: Annotated[int, Field(ge=0, le=3_600_000)] = 5000
-    settle_ms: Annotated[int, Field(ge=0, le=60_000)] = 200
+    quiet_ms: Annotated[Int, Field(ge=0, le=600_000)] = 500
+    max_delay_ms: Annotated[Int, Field(ge=0, le=3_600_000)] = 5000
+    settle_ms: Annotated[Int, Field(ge=0, le=60_000)] = 200
 
 
 class Reload(_Section):
     method: ReloadMethod = ReloadMethod.AUTO
     command: tuple[str, ...] = ()
-    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
-    retries: Annotated[int, Field(ge=0, le=100)] = 5
-    backoff_initial_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
-    backoff_max_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    timeout_s: Annotated[Float, Field(gt=0, le=3600)] = 120.0
+    retries: Annotated[Int, Field(ge=0, le=100)] = 5
+    backoff_initial_s: Annotated[Float, Field(gt=0, le=3600)] = 1.0
+    backoff_max_s: Annotated[Float, Field(gt=0, le=86_400)] = 60.0
 
     @field_validator("command")
     @classmethod
@@ -96,12 +111,13 @@ class Kexec(_Section):
     cmdline: str = ""  # "" = /proc/cmdline without crashkernel= and the like, plus append
     append: str = "irqpoll nr_cpus=1 reset_devices"
     syscall: KexecSyscall = KexecSyscall.AUTO
-    hotplug: bool = True  # pass --hotplug to kexec_load when the kernel and kexec allow it
+    hotplug: Bool = True  # pass --hotplug to kexec_load when the kernel and kexec allow it
     # Reload a crash kernel that was loaded without hotplug support once, hotplug-capably,
     # so that the kernel keeps it current and later events need no reload.
-    upgrade: bool = False
+    upgrade: Bool = False
 
-    @field_validator("kernel", "initrd", "program")
+    # All of them end up in kexec's argv; a NUL would stop the reload from starting.
+    @field_validator("kernel", "initrd", "program", "cmdline", "append")
     @classmethod
     def _no_nul(cls, value: str) -> str:
         if "\0" in value:
@@ -111,7 +127,7 @@ class Kexec(_Section):
 
 class Events(_Section):
     source: EventSource = EventSource.UDEV
-    receive_buffer_bytes: Annotated[int, Field(ge=1 << 16, le=1 << 30)] = 128 << 20
+    receive_buffer_bytes: Annotated[Int, Field(ge=1 << 16, le=1 << 30)] = 128 << 20
 
 
 class Log(_Section):
@@ -152,8 +168,15 @@ class ConfigError(Exception):
         self.path = str(path)
         self.key = key
         self.reason = reason
-        where = f"{self.path}: {key}" if key else self.path
-        super().__init__(f"{where}: {reason}")
+        where = f"{_one_line(self.path)}: {_one_line(key)}" if key else _one_line(self.path)
+        super().__init__(f"{where}: {_one_line(reason)}")
+
+
+def _one_line(text: str) -> str:
+    """Control characters escaped: a quoted TOML key or a file name may hold a newline."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -219,6 +242,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(path, None, f"not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, None, f"invalid TOML: {exc}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively: `x = [[[[...` a few
+        # thousand deep (a few KiB) would otherwise end the daemon with a traceback.
+        raise ConfigError(path, None, "invalid TOML: nested too deeply") from None
     except OSError as exc:
         raise ConfigError(path, None, exc.strerror or str(exc)) from None
 
