@@ -128,6 +128,8 @@ def start(
         return Running(argv, timeout_s, clock, tail_bytes)
     except OSError as exc:
         return Result(argv=tuple(argv), returncode=None, duration_s=0.0, error=exc.strerror)
+    except ValueError as exc:  # an argument with a NUL byte: a failed reload, not a crash
+        return Result(argv=tuple(argv), returncode=None, duration_s=0.0, error=str(exc))
 
 
 def run(argv: Sequence[str], timeout_s: float, tail_bytes: int = OUTPUT_TAIL_BYTES) -> Result:
