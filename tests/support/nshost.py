@@ -566,6 +566,7 @@ class FakeHost:
         self.config_path = base / "etc" / "crashhp.toml"
         self.config_path.parent.mkdir(exist_ok=True)
         self.notify = NotifyListener(base / "notify.sock")
+        self.overlays: list[tuple[str, Path, Path]] = []  # (target, upper, work)
         self.processes: list[NsProcess] = []
         self._seqnum = 1000
         self.last_send_rate = 0.0
@@ -630,6 +631,30 @@ class FakeHost:
             "online": (self.sysfs.cpu / "online").read_text().strip(),
         }
 
+    def overlay_etc(self) -> Path:
+        """Give programs started from now on an /etc with ``etc-upper`` on top of the host's.
+
+        Returns the upper directory: files put there before a program starts are in its
+        /etc (``etc-upper/crashhp/crashhp.toml`` is its ``/etc/crashhp/crashhp.toml``).
+        Change them while it runs through :meth:`in_namespace`, not in the upper directory
+        behind the overlay's back.
+        """
+        upper, work = self.base / "etc-upper", self.base / "etc-work"
+        for d in (upper, work):
+            d.mkdir(mode=0o755, exist_ok=True)
+        self.overlays = [("/etc", upper, work)]
+        return upper
+
+    def in_namespace(self, proc: NsProcess, code: str, *args: str) -> None:
+        """Run Python ``code`` (with ``args`` in sys.argv[1:]) in ``proc``'s mount namespace."""
+        argv = ["nsenter", f"--mount=/proc/{proc.pid}/ns/mnt", "--", sys.executable, "-c", code]
+        subprocess.run(
+            [*argv, *args],
+            check=True,
+            timeout=15,
+            capture_output=True,
+        )
+
     def next_seqnum(self) -> int:
         self._seqnum += 1
         return self._seqnum
@@ -658,6 +683,8 @@ class FakeHost:
         cmd += [sys.executable, "-m", "tests.support.nsinit", "--ready-fd", str(ready_w)]
         for source, target in self.binds:
             cmd += ["--bind", f"{source}:{target}"]
+        for target, upper, work in self.overlays:
+            cmd += ["--overlay", f"{target}:{upper}:{work}"]
         cmd += ["--", *argv]
         child_env = dict(os.environ if env is None else env)
         child_env["PYTHONPATH"] = str(REPO)
