@@ -737,8 +737,12 @@ class FakeHost:
         *,
         watchdog_usec: int | None = None,
         wait_ready: bool = True,
+        prefix: Sequence[str] = (),
     ) -> Daemon:
-        """Start the real daemon in the namespace; by default wait for READY=1."""
+        """Start the real daemon in the namespace; by default wait for READY=1.
+
+        ``prefix`` runs it through another program that execs it (``setpriv ... --``).
+        """
         self.write_config(overrides)
         env = {
             k: v
@@ -749,6 +753,7 @@ class FakeHost:
         if watchdog_usec is not None:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
         argv = [sys.executable, "-m", "crashhp", "daemon", "--config", str(self.config_path)]
+        argv = [*prefix, *argv]
         proc = self.spawn(argv, env=env, factory=lambda p: Daemon(p, self))
         assert isinstance(proc, Daemon)
         if wait_ready:
