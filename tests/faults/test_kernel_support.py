@@ -33,6 +33,11 @@ def state(host: FakeHost) -> dict[str, Any]:
     return data
 
 
+def started(daemon: Daemon) -> dict[str, Any]:
+    """daemon_ready, logged after the support warnings (READY=1 may arrive before both)."""
+    return daemon.logs.wait_for("daemon_ready")
+
+
 def status(host: FakeHost) -> str:
     return host.notify.items("STATUS")[-1].value
 
@@ -50,6 +55,7 @@ def burst_decision(host: FakeHost, daemon: Daemon, subsystem: str) -> dict[str, 
 def test_no_crash_hotplug_files_every_change_is_reloaded(host: FakeHost) -> None:
     host.sysfs.set(cpu_hotplug=None, memory_hotplug=None)
     daemon = host.start_daemon()
+    started(daemon)
     warnings = daemon.logs.events("no_crash_hotplug")
     assert sorted(w["subsystem"] for w in warnings) == ["cpu", "memory"]
     assert all(w["level"] == "warning" for w in warnings)
@@ -74,6 +80,7 @@ def test_no_kexec_observes_only(host: FakeHost) -> None:
     for name in ("kexec_crash_size", "crash_elfcorehdr_size"):
         (host.sysfs.kernel / name).unlink()
     daemon = host.start_daemon()
+    started(daemon)
     (warning,) = daemon.logs.events("no_kexec")
     assert warning["level"] == "warning"
     assert "no kexec support" in warning["text"]
@@ -99,10 +106,10 @@ def test_cpu_crash_hotplug_unreadable_eacces(host: FakeHost) -> None:
     daemon = host.start_daemon(
         prefix=[setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
     )
+    ready = started(daemon)
     (warning,) = daemon.logs.events("crash_hotplug_unreadable")
     assert warning["subsystem"] == "cpu"
     assert warning["level"] == "warning"
-    ready = daemon.logs.events("daemon_ready")[0]
     assert ready["cpu_crash_hotplug"] == "unreadable"
     assert ready["memory_crash_hotplug"] == "kernel-updates"
 
@@ -119,6 +126,7 @@ def test_directory_and_garbage_are_unreadable_answers(host: FakeHost) -> None:
     (host.sysfs.cpu / "crash_hotplug").mkdir()  # EISDIR
     host.sysfs.set(memory_hotplug="yes")  # neither 0 nor 1
     daemon = host.start_daemon()
+    started(daemon)
     warnings = daemon.logs.events("crash_hotplug_unreadable")
     assert sorted(w["subsystem"] for w in warnings) == ["cpu", "memory"]
     for subsystem in ("cpu", "memory"):
