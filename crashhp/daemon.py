@@ -92,6 +92,7 @@ class _Attempt:
     started_at: float
     step: int = 0
     running: process.Running | None = None
+    seqnum: int | None = None  # /sys/kernel/uevent_seqnum when it started
     results: list[process.Result] = field(default_factory=list)
 
 
@@ -127,6 +128,11 @@ class Daemon:
         self._settling: _Settle | None = None
         self._retry: tuple[Burst, float] | None = None  # burst, retry at
         self._poll_at: float | None = None  # UNPROTECTED, given up: re-read kexec_crash_loaded
+        # The highest SEQNUM in the pending burst (None: some of it has none, e.g. a resync),
+        # and uevent_seqnum when the last successful reload started: a burst of events the
+        # kernel sent before that is described by the image that reload loaded.
+        self._pending_seqnum: int | None = 0
+        self._covered_seqnum: int | None = None
         self._attempt: _Attempt | None = None
         self._stop = False
         self._loaded_topology: str | None = None
@@ -183,7 +189,7 @@ class Daemon:
                 # crash kernel was reloaded for it: treat it as a burst of every subsystem.
                 self.log.info("topology_changed_while_down", recorded=recorded, current=current)
                 for sub in Subsystem:
-                    self.coalescer.add(now, sub)
+                    self._mark(now, sub, None)
             else:
                 self._loaded_topology = current
             if self.config.kexec.upgrade and any(
@@ -195,7 +201,7 @@ class Daemon:
                     "hotplug-capably (kexec.upgrade = true)",
                 )
                 for sub in Subsystem:
-                    self.coalescer.add(now, sub)
+                    self._mark(now, sub, None)
         elif (
             previous
             and (previous.get("owed") or previous.get("reloading"))
@@ -206,7 +212,7 @@ class Daemon:
             self._owed = True
             self.protection = Protection.UNPROTECTED
             for sub in Subsystem:
-                self.coalescer.add(now, sub)
+                self._mark(now, sub, None)
         self._report_support(state)
         self._watchdog_at = now
         self._write_state()
@@ -319,8 +325,13 @@ class Daemon:
             self._on_settle_read(self._settling, now)
             return
         if self.coalescer.due(now):
-            self._retry = None  # a new decision supersedes a scheduled retry
-            self._decide(self.coalescer.take(), confirmed=False)
+            seqnum = self._pending_seqnum
+            burst = self.coalescer.take()
+            if seqnum and self._covered_seqnum is not None and seqnum <= self._covered_seqnum:
+                self._skip_covered(burst, seqnum)
+            else:
+                self._retry = None  # a new decision supersedes a scheduled retry
+                self._decide(burst, confirmed=False)
         elif self._retry is not None and now >= self._retry[1]:
             burst, _ = self._retry
             self._retry = None
@@ -389,7 +400,7 @@ class Daemon:
         now = self._clock()
         self.counters.ignored += ignored
         for event in events:
-            self.coalescer.add(now, event.subsystem)
+            self._mark(now, event.subsystem, event.seqnum)
         self.counters.events += len(events)
         if events and self.log.is_enabled_for(10):  # DEBUG
             last = events[-1]
@@ -402,14 +413,26 @@ class Daemon:
                 kernel_updates_at_event=last.kernel_updates,
             )
 
+    def _mark(self, now: float, subsystem: Subsystem, seqnum: int | None) -> None:
+        """One event (or a resync) for the pending burst; ``seqnum`` its SEQNUM if known."""
+        if not self.coalescer.pending:
+            self._pending_seqnum = 0
+        self.coalescer.add(now, subsystem)
+        if not seqnum or self._pending_seqnum is None:
+            self._pending_seqnum = None
+        elif seqnum > self._pending_seqnum:
+            self._pending_seqnum = seqnum
+
     def _resync(self, why: str) -> None:
         """Events were lost: rebuild the monitor and treat everything as changed."""
         self.counters.overflows += 1
         self._close_source()
         self._open_source()
         now = self._clock()
+        # Whatever was lost, the kernel had sent it by now.
+        seqnum = kernel.read_uevent_seqnum(self._sysfs)
         for sub in Subsystem:
-            self.coalescer.add(now, sub)
+            self._mark(now, sub, seqnum)
         self.log.warning("monitor_overflow", reason=why, overflows=self.counters.overflows)
 
     def _on_signals(self) -> None:
@@ -536,6 +559,34 @@ class Daemon:
         self._summary(burst, decision, state, action="none", reload_ms=None)
         self._publish()
 
+    def _skip_covered(self, burst: Burst, seqnum: int) -> None:
+        """Every event of the burst was sent before the last successful reload started.
+
+        A storm read more slowly than it came (a big receive buffer, a slow machine) has
+        its tail read after the reload that max_delay_ms forced in its middle; the kernel
+        had made those changes before the reload read the topology, so no second reload.
+        """
+        self.counters.bursts += 1
+        self.counters.skipped["covered"] = self.counters.skipped.get("covered", 0) + 1
+        now = self._clock()
+        state = self.last_state
+        summary: dict[str, Any] = {
+            "events": burst.events,
+            "subsystems": _names(burst.subsystems),
+            "verdicts": {s.value: state.verdict(s).value for s in Subsystem} if state else {},
+            "crash_loaded": state.crash_loaded if state else None,
+            "decision": "covered",
+            "action": "none",
+            "coalesce_ms": round((now - burst.first_at) * 1000, 1),
+            "since_last_event_ms": round((now - burst.last_at) * 1000, 1),
+            "reload_ms": None,
+            "last_seqnum": seqnum,
+            "covered_seqnum": self._covered_seqnum,
+        }
+        self.last_burst = summary
+        self.log.info("burst", **summary)
+        self._publish()
+
     def _log_skip(self, burst: Burst, decision: Decision, state: KernelState) -> None:
         fields = {"events": burst.events, "subsystems": _names(burst.subsystems)}
         if decision.reason is Reason.KERNEL_UPDATES:
@@ -611,7 +662,13 @@ class Daemon:
             self._finish_attempt(_Attempt(burst, decision, plan, self._clock(), results=[busy]))
             return
         now = self._clock()
-        self._attempt = _Attempt(burst=burst, decision=decision, plan=plan, started_at=now)
+        self._attempt = _Attempt(
+            burst=burst,
+            decision=decision,
+            plan=plan,
+            started_at=now,
+            seqnum=kernel.read_uevent_seqnum(self._sysfs),
+        )
         self.log.info(
             "reload_started",
             purpose=plan.purpose,
@@ -667,6 +724,8 @@ class Daemon:
             self._owed = False
             self.protection = Protection.PROTECTED
             self._loaded_topology = kernel.topology(self._sysfs, self._procfs)
+            if attempt.seqnum is not None:
+                self._covered_seqnum = max(self._covered_seqnum or 0, attempt.seqnum)
             keeps_current = all(state.verdict(s) is Verdict.KERNEL_UPDATES for s in Subsystem)
             if attempt.plan.purpose == "upgrade" and not keeps_current:
                 self._upgrade_failed = True

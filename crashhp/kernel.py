@@ -43,6 +43,11 @@ def read_crash_loaded(sysfs: Path = SYSFS) -> bool | None:
     return None if value is None else value != 0
 
 
+def read_uevent_seqnum(sysfs: Path = SYSFS) -> int | None:
+    """The SEQNUM of the last uevent the kernel sent (``/sys/kernel/uevent_seqnum``)."""
+    return _read_int(sysfs / "kernel" / "uevent_seqnum")
+
+
 def read_state(sysfs: Path = SYSFS) -> KernelState:
     return KernelState(
         crash_loaded=read_crash_loaded(sysfs),
