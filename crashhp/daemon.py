@@ -132,6 +132,7 @@ class Daemon:
         # and uevent_seqnum when the last successful reload started: a burst of events the
         # kernel sent before that is described by the image that reload loaded.
         self._pending_seqnum: int | None = 0
+        self._pending_overflows = 0  # monitor rebuilds since the pending burst began
         self._covered_seqnum: int | None = None
         self._attempt: _Attempt | None = None
         self._stop = False
@@ -417,6 +418,7 @@ class Daemon:
         """One event (or a resync) for the pending burst; ``seqnum`` its SEQNUM if known."""
         if not self.coalescer.pending:
             self._pending_seqnum = 0
+            self._pending_overflows = 0
         self.coalescer.add(now, subsystem)
         if not seqnum or self._pending_seqnum is None:
             self._pending_seqnum = None
@@ -429,11 +431,16 @@ class Daemon:
         self._close_source()
         self._open_source()
         now = self._clock()
+        first = not self.coalescer.pending or not self._pending_overflows
         # Whatever was lost, the kernel had sent it by now.
         seqnum = kernel.read_uevent_seqnum(self._sysfs)
         for sub in Subsystem:
             self._mark(now, sub, seqnum)
-        self.log.warning("monitor_overflow", reason=why, overflows=self.counters.overflows)
+        self._pending_overflows += 1
+        # A storm into a small buffer overflows it again right after each rebuild: say it
+        # once per burst, not dozens of times (state.json's counters.overflows has them all).
+        log = self.log.warning if first else self.log.debug
+        log("monitor_overflow", reason=why, overflows=self.counters.overflows)
 
     def _on_signals(self) -> None:
         try:

@@ -81,12 +81,15 @@ def test_storms_with_overflow(host: FakeHost, capsys: pytest.CaptureFixture[str]
 
     storms = []
     for n in range(STORMS):
-        overflows_before = len(daemon.logs.events("monitor_overflow"))
+        overflows_before = _state(host)["counters"]["overflows"]
+        warned_before = len(daemon.logs.events("monitor_overflow"))
         storm = _storm(host, daemon, blocks=16 + 8 * n)
-        storm["overflows"] = len(daemon.logs.events("monitor_overflow")) - overflows_before
+        storm["overflows"] = _state(host)["counters"]["overflows"] - overflows_before
+        warned = len(daemon.logs.events("monitor_overflow")) - warned_before
         storms.append(storm)
         assert daemon.alive(), daemon.logs.text()
         assert storm["overflows"] > 0, "the 256 KiB buffer never overflowed"
+        assert 1 <= warned <= 2, f"{warned} monitor_overflow warnings for one storm"
         assert storm["reloads"] == 1, f"storm {n + 1}: {host.recorder.calls()}"
         assert storm["after_last"] == 1, "the reload did not follow the last event"
         assert storm["image"] == host.topology(), "the loaded image misses the last hot-plug"
@@ -99,7 +102,6 @@ def test_storms_with_overflow(host: FakeHost, capsys: pytest.CaptureFixture[str]
     # Bounded: a few MiB over idle at the peak, and no growth from one storm to the next.
     assert max(s["hwm_kib"] for s in storms) - idle < 16 << 10
     assert storms[-1]["rss_kib"] - storms[0]["rss_kib"] < 2 << 10
-    assert _state(host)["counters"]["overflows"] == sum(s["overflows"] for s in storms)
 
 
 def test_storm_into_the_packaged_buffer(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
