@@ -20,6 +20,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,9 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 GUEST_DIR = Path(__file__).resolve().parent / "guest"
 QEMU = "qemu-system-x86_64"
 MEMORY = "2G,slots=4,maxmem=8G"
-SMP = "2,sockets=8,cores=1,threads=1,maxcpus=8"
+SMP = "2,sockets=12,cores=1,threads=1,maxcpus=12"
 BOOT_CPUS = 2
-MAX_CPUS = 8
+MAX_CPUS = 12
 DIMM_SLOTS = 4
 CMDLINE = (
     "console=ttyS0 crashkernel=256M memhp_default_state=online_movable panic=-1 "
@@ -151,7 +152,10 @@ class _Lines:
                 raise TimeoutError
             ready, _, _ = select.select([self.sock], [], [], left)
             if ready:
-                chunk = self.sock.recv(65536)
+                try:
+                    chunk = self.sock.recv(65536)
+                except ConnectionResetError:
+                    chunk = b""
                 if not chunk:
                     raise VmError("connection closed by QEMU")
                 self.buf += chunk
@@ -178,8 +182,9 @@ def _connect(path: Path, deadline: float, alive: Vm) -> socket.socket:
 
 
 class Qmp:
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, vm: Vm) -> None:
         self.io = _Lines(sock)
+        self.vm = vm
         self.events: list[dict[str, Any]] = []
         self._id = 0
         greeting = json.loads(self.io.readline(time.monotonic() + 30))
@@ -197,7 +202,11 @@ class Qmp:
         self.io.send(request)
         deadline = time.monotonic() + timeout
         while True:
-            msg = json.loads(self.io.readline(deadline))
+            try:
+                msg = json.loads(self.io.readline(deadline))
+            except VmError:
+                self.vm.check_alive(wait=True)
+                raise
             if "event" in msg:
                 self.events.append(msg)
             elif msg.get("id") == self._id:
@@ -377,7 +386,7 @@ class Vm:
             stderr=subprocess.STDOUT,
         )
         deadline = started + BOOT_TIMEOUT_S
-        self._qmp = Qmp(_connect(self.dir / "qmp.sock", deadline, self))
+        self._qmp = Qmp(_connect(self.dir / "qmp.sock", deadline, self), self)
         self._agent = Agent(_connect(self.dir / "agent.sock", deadline, self), self)
         try:
             self._agent.wait_ready(deadline)
@@ -412,7 +421,10 @@ class Vm:
                 conn.io.sock.close()
         (self.dir / "initrd.cpio").unlink(missing_ok=True)
 
-    def check_alive(self) -> None:
+    def check_alive(self, wait: bool = False) -> None:
+        if self.proc is not None and wait:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
         if self.proc is not None and self.proc.poll() is not None:
             out = (self.dir / "qemu.out").read_text(errors="replace")[-2000:]
             raise VmError(f"QEMU exited with {self.proc.returncode}: {out}\n{self.serial_tail()}")
@@ -459,11 +471,23 @@ class Vm:
         return dev_id
 
     def cpu_del(self, socket_id: int, timeout: float = 60.0) -> None:
+        """Unplug a CPU and wait until QEMU reports its socket empty.
+
+        QEMU 7.2 sends DEVICE_DELETED only for the CPU's lapic child, so the truth is
+        query-hotpluggable-cpus, polled.
+        """
         dev_id = f"cpu{socket_id}"
         self.cpu_removed = True
         self.qmp.execute("device_del", {"id": dev_id})
-        self.qmp.wait_event("DEVICE_DELETED", timeout, device=dev_id)
+        self._wait(lambda: socket_id in self.free_sockets(), timeout, f"{dev_id} unplugged")
         self.cpus_plugged.discard(socket_id)
+
+    def _wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                raise VmError(f"not {what} within {timeout} s\n{self.serial_tail(15)}")
+            time.sleep(0.05)
 
     def dimm_add(self, n: int, size_mib: int = 1024) -> None:
         self.qmp.execute(
@@ -474,8 +498,14 @@ class Vm:
         self.dimms.add(n)
 
     def dimm_del(self, n: int, timeout: float = 60.0) -> None:
+        """Unplug a DIMM (the guest must offline its memory first) and wait until it is gone."""
         self.qmp.execute("device_del", {"id": f"dimm{n}"})
-        self.qmp.wait_event("DEVICE_DELETED", timeout, device=f"dimm{n}")
+
+        def gone() -> bool:
+            devices = self.qmp.execute("query-memory-devices")
+            return all(d.get("data", {}).get("id") != f"dimm{n}" for d in devices)
+
+        self._wait(gone, timeout, f"dimm{n} unplugged")
         self.qmp.execute("object-del", {"id": f"mem{n}"})
         self.dimms.discard(n)
 
