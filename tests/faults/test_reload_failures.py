@@ -11,8 +11,10 @@ from __future__ import annotations
 import itertools
 import json
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -266,3 +268,64 @@ def test_sighup_tries_a_given_up_reload_again(host: FakeHost) -> None:
     assert done["_t"] - hup < 1.5
     assert host.recorder.count() == 1
     assert state(host)["protection"] == "protected"
+
+
+class JournalListener:
+    """A fake journald: the native protocol socket at /run/systemd/journal/socket of the
+    namespace (its /run is the fake host's), one dict of fields per datagram."""
+
+    def __init__(self, run: Path) -> None:
+        path = run / "systemd" / "journal" / "socket"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self.messages: list[dict[str, str]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="journal", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(1 << 20)
+            except TimeoutError:
+                continue
+            fields = dict(
+                line.split("=", 1)
+                for line in data.decode(errors="replace").splitlines()
+                if "=" in line
+            )
+            self.messages.append(fields)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+
+    def events(self, name: str) -> list[dict[str, str]]:
+        return [m for m in list(self.messages) if m.get("CRASHHP_EVENT") == name]
+
+
+def test_unprotected_reaches_the_journal_at_priority_err(host: FakeHost) -> None:
+    """log.format = "journal": native journald fields, PRIORITY 3 and the MESSAGE_IDs."""
+    journal = JournalListener(host.run)
+    try:
+        host.recorder.set_knobs(fail=100)
+        daemon = host.start_daemon({"log": {"format": "journal"}, "reload": RETRIES})
+        daemon.send_burst(10)
+        wait_until(lambda: journal.events("reload_given_up"), 10, "reload_given_up in the journal")
+        host.recorder.set_knobs()
+        daemon.send_burst(10)
+        wait_until(lambda: journal.events("recovered"), 10, "recovered in the journal")
+    finally:
+        journal.close()
+    (unprotected,) = journal.events("unprotected")
+    assert unprotected["PRIORITY"] == "3"
+    assert unprotected["MESSAGE_ID"] == "f66ed305cf264ed29dacf7f75891b052"
+    assert unprotected["SYSLOG_IDENTIFIER"] == "crashhp"
+    assert "no crash kernel is loaded" in unprotected["MESSAGE"]
+    assert {m["PRIORITY"] for m in journal.events("reload_failed")} == {"3"}
+    (recovered,) = journal.events("recovered")
+    assert recovered["PRIORITY"] == "6"
+    assert recovered["MESSAGE_ID"] == "33b18b52718c4db9ae22026fae74ada7"
