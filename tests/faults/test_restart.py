@@ -187,3 +187,28 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     ours = [line for line in result.stderr.splitlines() if "crashhp.service" in line]
     assert result.returncode == 0, result.stderr
     assert not ours, result.stderr
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b'{"loaded_topology": "abc", "ow',
+        b"[1, 2]",
+        b'{"owed": "yes", "reloading": 7}',
+        b"\xff",
+    ],
+    ids=["empty", "truncated", "not an object", "odd types", "not UTF-8"],
+)
+def test_damaged_state_file(host: FakeHost, content: bytes) -> None:
+    """A damaged state.json is a start without a record: no crash, the loaded image taken as
+    current, and the file rewritten whole."""
+    path = host.run / "crashhp" / "state.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    daemon = host.start_daemon()
+    daemon.logs.wait_for("daemon_ready")
+    time.sleep(0.4)
+    assert daemon.alive()
+    assert host.recorder.count() == 0
+    assert isinstance(state(host)["loaded_topology"], str)
