@@ -29,9 +29,10 @@ from crashhp.lock import ReloadLock
 from crashhp.logs import get_logger
 from crashhp.model import Burst, KernelState, Policy, Subsystem, Verdict
 from crashhp.notify import Notifier, watchdog_interval_s
-from crashhp.uevents import MonitorOverflow, PyudevSource, UeventSource
+from crashhp.uevents import MonitorOverflow, PyudevSource, Uevent, UeventSource
 
 DRAIN_LIMIT = 4096  # events per loop turn, so timers and signals are never starved
+OLD_SOURCE_DRAINS = 64  # a replaced monitor is read this many times DRAIN_LIMIT at most
 # A crash_hotplug 0 is re-read this often over settle_ms; a single 1 among the reads means
 # the kernel keeps the image current (a busy kexec lock reads 0, never 1). A kexec load
 # holds the lock for about 50 ms; the kernel's own header update for far less.
@@ -158,6 +159,33 @@ class Daemon:
         buffer_error = getattr(self._source, "buffer_error", None)
         if buffer_error:
             self.log.warning("receive_buffer_not_raised", reason=buffer_error)
+
+    def _replace_source(self) -> None:
+        """A new [events] section: the new monitor is open before the old one is drained
+        and closed, so that no event falls between them (one both read is a harmless
+        duplicate: events are hints)."""
+        old = self._source
+        if old is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(old.fileno())
+        self._source = None
+        self._open_source()
+        if old is None:
+            return
+        try:
+            for _ in range(OLD_SOURCE_DRAINS):
+                events, ignored = old.drain(DRAIN_LIMIT)
+                if not events and not ignored:
+                    return
+                self._take(events, ignored)
+            why = "the old monitor kept receiving while it was drained"
+        except MonitorOverflow as exc:
+            why = f"receive buffer overflow ({exc})"
+        except OSError as exc:
+            why = f"monitor error: {exc.strerror or exc}"
+        finally:
+            old.close()
+        self._resync(why, reopen=False)
 
     def _close_source(self) -> None:
         if self._source is not None:
@@ -398,6 +426,9 @@ class Daemon:
         except OSError as exc:
             self._resync(f"monitor error: {exc.strerror or exc}")
             return
+        self._take(events, ignored)
+
+    def _take(self, events: list[Uevent], ignored: int) -> None:
         now = self._clock()
         self.counters.ignored += ignored
         for event in events:
@@ -425,11 +456,12 @@ class Daemon:
         elif seqnum > self._pending_seqnum:
             self._pending_seqnum = seqnum
 
-    def _resync(self, why: str) -> None:
+    def _resync(self, why: str, *, reopen: bool = True) -> None:
         """Events were lost: rebuild the monitor and treat everything as changed."""
         self.counters.overflows += 1
-        self._close_source()
-        self._open_source()
+        if reopen:
+            self._close_source()
+            self._open_source()
         now = self._clock()
         first = not self.coalescer.pending or not self._pending_overflows
         # Whatever was lost, the kernel had sent it by now.
@@ -483,8 +515,7 @@ class Daemon:
                 self.config.coalesce.quiet_ms / 1000, self.config.coalesce.max_delay_ms / 1000
             )
             if old.events != self.config.events:
-                self._close_source()
-                self._open_source()
+                self._replace_source()
             if old.log != self.config.log:
                 logs.configure(self.config.log.format, self.config.log.level.value)
                 self.log = get_logger()

@@ -289,3 +289,24 @@ def test_sighup_dropin_directory_opened_to_others(host: FakeHost) -> None:
     proc.stderr.wait_for("kernel_handles")
     time.sleep(0.6)
     assert host.recorder.count() == 0
+
+
+def test_sighup_changing_events_loses_no_queued_event(host: FakeHost) -> None:
+    """A new [events] section rebuilds the monitor. Events still queued in the old socket
+    must not be lost: 5,000 cpu events (the kernel handles cpu) then 100 memory events (it
+    does not) are queued while the daemon is stopped, together with the SIGHUP."""
+    host.sysfs.set(cpu_hotplug="1", memory_hotplug="0")
+    daemon = host.start_daemon()
+    daemon.signal(signal.SIGSTOP)
+    try:
+        daemon.sender.send_many(host.burst(5000, subsystems=("cpu",)))
+        daemon.sender.send_many(host.burst(100, subsystems=("memory",)))
+        host.write_config({"events": {"receive_buffer_bytes": 32 << 20}})
+        daemon.signal(signal.SIGHUP)
+    finally:
+        daemon.signal(signal.SIGCONT)
+    daemon.logs.wait_for("config_loaded")
+    call = host.recorder.wait_calls(1, timeout=5)[0]
+    burst = daemon.logs.wait_for("burst", action="reload")
+    assert "memory" in burst["subsystems"], burst
+    assert call.rc == 0
