@@ -7,6 +7,7 @@ fake kernel, and the image the recorder "loaded" after the storm must describe i
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import time
@@ -109,15 +110,17 @@ def test_storm_into_the_packaged_buffer(host: FakeHost, capsys: pytest.CaptureFi
 
     The storm is sent in well under a second, but the daemon reads it for seconds; events
     the kernel sent before a reload started are covered by that reload, so reading them
-    late must not cause a second one.
+    late must not cause a second one. The watchdog (WatchdogSec=1s here) is fed all along.
     """
     daemon = host.start_daemon(
         {
             "coalesce": {"quiet_ms": 500, "max_delay_ms": 5000, "settle_ms": 200},
             "events": {"receive_buffer_bytes": 128 << 20},
-        }
+        },
+        watchdog_usec=1_000_000,
     )
     idle = proc_status(daemon.pid)["VmRSS"]
+    sent = time.monotonic()
     storm = _storm(host, daemon, blocks=24)
     wait_until(lambda: _state(host)["counters"]["events"] == STORM, 10, "every event to be counted")
     with capsys.disabled():
@@ -127,6 +130,9 @@ def test_storm_into_the_packaged_buffer(host: FakeHost, capsys: pytest.CaptureFi
     assert storm["reloads"] == 1, host.recorder.calls()
     assert storm["image"] == host.topology()
     assert storm["hwm_kib"] - idle < 16 << 10
+    pings = [n.t for n in host.notify.items("WATCHDOG") if n.t >= sent]
+    gaps = [b - a for a, b in itertools.pairwise([sent, *pings])]
+    assert max(gaps) < 1.0, f"watchdog starved while reading the storm: {max(gaps):.2f} s"
 
 
 def test_storm_read_slower_than_it_came(host: FakeHost, capsys: pytest.CaptureFixture[str]) -> None:
