@@ -212,3 +212,25 @@ def test_damaged_state_file(host: FakeHost, content: bytes) -> None:
     assert daemon.alive()
     assert host.recorder.count() == 0
     assert isinstance(state(host)["loaded_topology"], str)
+
+
+def test_sigterm_during_a_reload_waits_for_it(host: FakeHost) -> None:
+    """systemctl stop in the middle of a reload: the command finishes (it is never left
+    half-done or orphaned), then the daemon exits 0."""
+    host.recorder.set_knobs(duration_ms=800)
+    daemon = host.start_daemon()
+    daemon.send_burst(10)
+    (call,) = host.recorder.wait_calls(1)
+    term = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(10) == 0
+    exited = time.monotonic()
+
+    (call,) = host.recorder.calls()
+    assert call.end is not None, "the reload was cut short"
+    assert call.rc == 0
+    assert call.end <= exited
+    assert exited - term < 3.0
+    assert host.sysfs.loaded() == "1"
+    stopping = daemon.logs.wait_for("daemon_stopping")
+    assert stopping["waiting_for_reload"] is True
