@@ -1,6 +1,7 @@
-"""Fixtures for the VM system tests: cached assets, shared guests, the measurement table.
+"""Fixtures for the VM system tests: cached assets, the guests, the measurement table.
 
 Nothing here skips: a machine that cannot build the assets or boot QEMU fails the tests.
+At most one guest runs at a time: asking for the other one shuts the current one down.
 """
 
 from __future__ import annotations
@@ -18,9 +19,43 @@ _ROWS: list[Row] = []
 _TIMINGS: list[str] = []
 
 
+class GuestPool:
+    """Keeps one guest alive between tests; boots a new one when another kind is asked for."""
+
+    def __init__(self, assets: assets_mod.Assets) -> None:
+        self.assets = assets
+        self.vm: Vm | None = None
+        self.guest: Guest | None = None
+        self.kind = ""
+
+    def get(self, kind: str, *, fresh_cpus: bool = False) -> Guest:
+        stale = self.vm is not None and fresh_cpus and self.vm.cpu_removed
+        if self.guest is None or self.kind != kind or stale:
+            self.close()
+            self.vm = Vm(self.assets, name=kind)
+            self.vm.__enter__()
+            _TIMINGS.append(f"VM {kind}: booted in {self.vm.boot_s:.1f} s (logs in {self.vm.dir})")
+            self.guest = Guest(self.vm)
+            self.kind = kind
+        return self.guest
+
+    def close(self) -> None:
+        if self.vm is not None:
+            self.vm.close()
+        self.vm = None
+        self.guest = None
+
+
 @pytest.fixture(scope="session")
 def assets() -> assets_mod.Assets:
     return assets_mod.ensure()
+
+
+@pytest.fixture(scope="session")
+def pool(assets: assets_mod.Assets) -> Iterator[GuestPool]:
+    p = GuestPool(assets)
+    yield p
+    p.close()
 
 
 @pytest.fixture(scope="session")
@@ -28,23 +63,17 @@ def rows() -> list[Row]:
     return _ROWS
 
 
-def _guest(assets: assets_mod.Assets, name: str) -> Iterator[Guest]:
-    with Vm(assets, name=name) as vm:
-        _TIMINGS.append(f"VM {name}: booted in {vm.boot_s:.1f} s (logs in {vm.dir})")
-        yield Guest(vm)
+@pytest.fixture
+def main_guest(pool: GuestPool) -> Guest:
+    """The guest for scenarios that only add hardware (A-D, F): ten free sockets, four slots."""
+    return pool.get("main")
 
 
-@pytest.fixture(scope="module")
-def main_guest(assets: assets_mod.Assets) -> Iterator[Guest]:
-    """One VM for the scenarios that only add hardware (A-D, F): ten CPU sockets, four slots."""
-    yield from _guest(assets, "main")
-
-
-@pytest.fixture(scope="module")
-def removal_guest(assets: assets_mod.Assets) -> Iterator[Guest]:
-    """A second VM for the peer (G, adds only) and then removals (E): after a CPU device_del
-    QEMU 7.2 must not see another CPU device_add (VM-NOTES trap 3)."""
-    yield from _guest(assets, "removal")
+@pytest.fixture
+def removal_guest(pool: GuestPool) -> Guest:
+    """The guest for the peer (G, adds only) and then removals (E). After a CPU device_del,
+    QEMU 7.2 must see no CPU device_add (VM-NOTES trap 3): a test that adds gets a new VM."""
+    return pool.get("removal", fresh_cpus=True)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

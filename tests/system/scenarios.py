@@ -48,7 +48,13 @@ echo "done $$ $rc" >>"$log"
 exit $rc
 """
 CONFIG_PATH = "/etc/crashhp/crashhp.toml"
+# quiet_ms: under TCG on a shared 2-core host the steps of one burst (CPU add, online, DIMM)
+# can be more than the default 500 ms apart; on hardware they are milliseconds apart.
 CONFIG = f"""# crashhp system test
+[coalesce]
+quiet_ms = 1500
+max_delay_ms = 10000
+
 [reload]
 method = "command"
 command = ["{RELOAD_SCRIPT_PATH}"]

@@ -47,7 +47,17 @@ def _no_reload(out: Outcome) -> None:
     assert out.metrics.loaded_at_end is True
 
 
+def _failures(out: Outcome) -> str:
+    """Why crashhp's reloads failed, as crashhp logged it (the command's output)."""
+    return "\n".join(
+        f"{e.get('REASON')}: {e.get('OUTPUT')}"
+        for e in out.journal
+        if e.get("CRASHHP_EVENT") == "reload_failed"
+    )
+
+
 def _one_reload(g: Guest, out: Outcome) -> None:
+    assert out.events["reload_failed"] == 0, f"crashhp's reload failed:\n{_failures(out)}"
     assert out.row.reloads == 1, (out.reload_log, dict(out.events))
     assert out.reload_log[-1].split()[-1] == "0", f"reload command failed: {out.reload_log}"
     assert out.events["reload_done"] == 1, dict(out.events)
@@ -282,5 +292,7 @@ def test_e_removals_and_offline_online(removal_guest: Guest, rows: list[Row]) ->
             ok = out.row.reloads == 0 and out.events["kernel_handles"] >= 1
             ok = ok and out.metrics.unloaded_ms < KERNEL_UPDATE_WINDOW_MS
         if not ok or not out.metrics.loaded_at_end:
-            failures.append(f"{name} {what}: {out.row.reloads} reloads, {dict(out.events)}")
+            failures.append(
+                f"{name} {what}: {out.row.reloads} reloads, {dict(out.events)} {_failures(out)}"
+            )
     assert not failures, "\n".join(failures)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import json
 import select
 import shutil
@@ -24,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
-from tests.system.assets import Assets
+from tests.system.assets import Assets, cache_root
 from tests.system.cpio import CpioWriter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +45,7 @@ CMDLINE = (
 AGENT_PORT = "org.crashhp.agent"
 EVENTS = "/run/crashhp-test/events.jsonl"
 BOOT_TIMEOUT_S = 240.0
+QEMU_LOCK_TIMEOUT_S = 3600.0
 
 
 class VmError(RuntimeError):
@@ -332,6 +334,7 @@ class Vm:
         self.cpus_plugged: set[int] = set()
         self.cpu_removed = False
         self.dimms: set[int] = set()
+        self._lock: TextIO | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> Vm:
@@ -347,9 +350,32 @@ class Vm:
     ) -> None:
         self.close()
 
+    def _take_qemu_lock(self) -> None:
+        """One guest at a time on this machine (2 cores): wait for any other user's VM."""
+        path = cache_root() / "qemu.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = path.open("w")
+        deadline = time.monotonic() + QEMU_LOCK_TIMEOUT_S
+        told = False
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise VmError(
+                        f"another guest held {path} for {QEMU_LOCK_TIMEOUT_S} s"
+                    ) from None
+                if not told:
+                    print(f"vm[{self.name}]: waiting for another guest to finish ({path})")
+                    told = True
+                time.sleep(1)
+            else:
+                return
+
     def start(self) -> None:
         if shutil.which(QEMU) is None:
             raise VmError(f"{QEMU} not found: install qemu-system-x86 (make setup)")
+        self._take_qemu_lock()
         started = time.monotonic()
         initrd = self.dir / "initrd.cpio"
         with initrd.open("wb") as out:
@@ -403,6 +429,14 @@ class Vm:
             print(f"vm[{self.name}]: degraded, failed units: {failed.strip()}", flush=True)
 
     def close(self) -> None:
+        try:
+            self._stop_qemu()
+        finally:
+            if self._lock is not None:
+                self._lock.close()
+                self._lock = None
+
+    def _stop_qemu(self) -> None:
         proc = self.proc
         if proc is None:
             return
