@@ -386,6 +386,15 @@ def _acpi(root: Path, kver: str, vmlinuz: Path, rootfs_cpio: Path) -> Path:
     return out / "acpi.cpio"
 
 
+def _prune(root: Path, keep: set[Path]) -> None:
+    """Remove the builds of older inputs (the cache would otherwise grow by 240 MB a time)."""
+    for old in root.glob("*-*"):
+        kind = old.name.split("-")[0]
+        if old.is_dir() and kind in ("kernel", "rootfs", "acpi") and old not in keep:
+            log(f"removing the outdated {old.name}")
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def ensure(*, acpi_fix: bool = True) -> Assets:
     """Build what is missing and return the assets. Raises (never skips) when it cannot."""
     root = cache_root()
@@ -417,6 +426,9 @@ def ensure(*, acpi_fix: bool = True) -> Assets:
             manifest_path.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
         acpi_cpio = _acpi(root, kver, vmlinuz, rootfs_cpio) if acpi_fix else None
         manifest: dict[str, object] = json.loads(manifest_path.read_text())
+        _prune(
+            root, {vmlinuz.parent, rootfs_cpio.parent, *([acpi_cpio.parent] if acpi_cpio else [])}
+        )
     assets = Assets(kver, vmlinuz, rootfs_cpio, acpi_cpio, manifest)
     log(f"ready in {time.monotonic() - start:.0f} s under {root}: {assets.describe()}")
     return assets
