@@ -78,10 +78,12 @@ def _daemon(config_file: Path | None) -> int:
     from crashhp.daemon import Daemon
     from crashhp.notify import SystemdNotifier
 
-    loaded = load_config(config_file)
-    logs.configure(loaded.config.log.format, loaded.config.log.level.value)
+    loaded = load_config(config_file)  # a ConfigError is exit 1: restarting cannot fix it
     try:
+        logs.configure(loaded.config.log.format, loaded.config.log.level.value)
         return Daemon(lambda: load_config(config_file), SystemdNotifier()).run()
+    except ConfigError:
+        raise
     except Exception:
         # Not a config problem: exit with EX_SOFTWARE so that systemd restarts us
         # (the unit's RestartPreventExitStatus=1 is for bad configs only).
@@ -134,8 +136,15 @@ def _decide_once(config: Config) -> tuple[KernelState, Decision]:
     state = kernel.read_state()
     decision = decide(Subsystem, state, config.policy)
     if decision.action is Action.CONFIRM:
-        time.sleep(config.coalesce.settle_ms / 1000)
-        state = kernel.read_state()
+        # As the daemon does: re-read the 0s over the settle time; any 1 is the truth.
+        seen: set[Subsystem] = set()
+        until = time.monotonic() + config.coalesce.settle_ms / 1000
+        while time.monotonic() < until:
+            time.sleep(kernel.SETTLE_READ_INTERVAL_S)
+            seen.update(
+                s for s in decision.stale if kernel.read_verdict(s) is Verdict.KERNEL_UPDATES
+            )
+        state = kernel.read_state().seen_updating(seen)
         decision = decide(Subsystem, state, config.policy, confirmed=True)
     return state, decision
 

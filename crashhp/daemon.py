@@ -16,9 +16,8 @@ import signal
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from crashhp import kernel, logs, process, reload
@@ -33,10 +32,6 @@ from crashhp.uevents import MonitorOverflow, PyudevSource, Uevent, UeventSource
 
 DRAIN_LIMIT = 4096  # events per loop turn, so timers and signals are never starved
 OLD_SOURCE_DRAINS = 64  # a replaced monitor is read this many times DRAIN_LIMIT at most
-# A crash_hotplug 0 is re-read this often over settle_ms; a single 1 among the reads means
-# the kernel keeps the image current (a busy kexec lock reads 0, never 1). A kexec load
-# holds the lock for about 50 ms; the kernel's own header update for far less.
-SETTLE_READ_INTERVAL_S = 0.010
 # UNPROTECTED with no retry left: how often to look whether someone else loaded one.
 UNPROTECTED_POLL_S = 1.0
 STATE_FILE = "state.json"
@@ -378,7 +373,7 @@ class Daemon:
                 if s not in settle.seen_updating
                 and kernel.read_verdict(s, self._sysfs) is Verdict.KERNEL_UPDATES
             )
-            settle.next_read = min(settle.until, now + SETTLE_READ_INTERVAL_S)
+            settle.next_read = min(settle.until, now + kernel.SETTLE_READ_INTERVAL_S)
             return
         self._settling = None
         self._decide(settle.burst, confirmed=True, seen_updating=frozenset(settle.seen_updating))
@@ -556,14 +551,7 @@ class Daemon:
         retry: bool = False,
         seen_updating: frozenset[Subsystem] = frozenset(),
     ) -> None:
-        state = self._read_state()
-        if seen_updating:
-            # A 1 read during the settle time is the truth; a 0 since was a busy lock.
-            verdicts = {
-                s: Verdict.KERNEL_UPDATES if s in seen_updating else state.verdict(s)
-                for s in Subsystem
-            }
-            state = replace(state, verdicts=MappingProxyType(verdicts))
+        state = self._read_state().seen_updating(seen_updating)
         decision = decide(
             burst.subsystems, state, self.config.policy, confirmed=confirmed, owed=self._owed
         )
@@ -571,7 +559,7 @@ class Daemon:
             now = self._clock()
             until = now + self.config.coalesce.settle_ms / 1000
             self._settling = _Settle(
-                burst, decision.stale, until, min(until, now + SETTLE_READ_INTERVAL_S)
+                burst, decision.stale, until, min(until, now + kernel.SETTLE_READ_INTERVAL_S)
             )
             self.log.debug("settling", stale=list(decision.stale), text=decision.text)
             return

@@ -10,6 +10,10 @@ from crashhp.model import KernelState, Subsystem, Verdict
 
 SYSFS = Path("/sys")
 PROCFS = Path("/proc")
+# A crash_hotplug 0 is re-read this often over coalesce.settle_ms; a single 1 among the
+# reads means the kernel keeps the image current (a busy kexec lock reads 0, never 1).
+# A kexec load holds the lock for about 50 ms; the kernel's own header update far less.
+SETTLE_READ_INTERVAL_S = 0.010
 
 
 def crash_hotplug_path(subsystem: Subsystem, sysfs: Path = SYSFS) -> Path:

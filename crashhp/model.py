@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 
@@ -56,6 +56,20 @@ class KernelState:
 
     def verdict(self, subsystem: Subsystem) -> Verdict:
         return self.verdicts.get(subsystem, Verdict.ABSENT)
+
+    def seen_updating(self, subsystems: Iterable[Subsystem]) -> KernelState:
+        """This state with ``subsystems`` read as 1 at some point of the settle time.
+
+        A 1 is the truth (it needs a loaded hotplug-capable image); a 0 read around it
+        was the kernel's busy kexec lock.
+        """
+        updating = frozenset(subsystems)
+        if not updating:
+            return self
+        verdicts = {
+            s: Verdict.KERNEL_UPDATES if s in updating else self.verdict(s) for s in Subsystem
+        }
+        return replace(self, verdicts=MappingProxyType(verdicts))
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,3 +95,12 @@ def test_a_zero_is_only_trusted_after_confirmation() -> None:
         # The kernel's trylock failed the first time; the re-read says 1: no reload.
         again = decide(changed, state(True, ONE, ONE), Policy.AUTO, confirmed=True)
         assert again.action is Action.SKIP
+
+
+def test_a_one_seen_while_settling_wins_over_a_later_zero() -> None:
+    zero = state(True, ZERO, ZERO)
+    assert zero.seen_updating([]) is zero
+    mixed = zero.seen_updating([MEM])
+    assert (mixed.verdict(CPU), mixed.verdict(MEM)) == (ZERO, ONE)
+    assert decide({MEM}, mixed, Policy.AUTO, confirmed=True).action is Action.SKIP
+    assert decide({CPU}, mixed, Policy.AUTO, confirmed=True).action is Action.RELOAD
