@@ -36,7 +36,7 @@ EXPLAIN: dict[str, str] = {
     "the crash kernel itself",
     "coalesce.quiet_ms": "Act on a burst of events after this many ms without a new one",
     "coalesce.max_delay_ms": "Act at the latest this many ms after a burst's first event",
-    "coalesce.settle_ms": "Re-read a crash_hotplug of 0 after this many ms before trusting it",
+    "coalesce.settle_ms": "Re-read a crash_hotplug of 0 over this many ms; any 1 read wins",
     "reload.method": "How to reload: auto = kdumpctl or kdump-config, whichever is installed",
     "reload.command": 'argv for method = "command", absolute program path first, no shell',
     "reload.timeout_s": "Seconds one reload command may take; then its process group is killed",
