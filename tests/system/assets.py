@@ -58,7 +58,7 @@ MASKED_UNITS = (
 )
 TRIMMED = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale")
 # Bump when the rootfs customisation below changes in a way the lists above do not show.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 PEER_RULES = "usr/lib/udev/rules.d/50-kdump-tools.rules"
 PEER_RULES_PARKED = "opt/crashhp-test/peer/50-kdump-tools.rules"
 CRASH_INITRD = "boot/crash-initrd.img"
@@ -259,6 +259,13 @@ def _crash_initrd(rootfs: Path) -> bytes:
 
 
 def _customize(rootfs: Path, kdir: Path, kver: str) -> None:
+    debs = list((rootfs / "var/cache/apt/archives").glob("*.deb"))
+    if debs:
+        log(
+            f"debootstrap downloaded {len(debs)} packages, {mib(sum(d.stat().st_size for d in debs))}"
+        )
+    for deb in debs:
+        deb.unlink()
     for rel in TRIMMED:
         shutil.rmtree(rootfs / rel, ignore_errors=True)
     for rel in ("var/cache/apt", "var/lib/apt/lists"):
