@@ -261,9 +261,8 @@ def _crash_initrd(rootfs: Path) -> bytes:
 def _customize(rootfs: Path, kdir: Path, kver: str) -> None:
     debs = list((rootfs / "var/cache/apt/archives").glob("*.deb"))
     if debs:
-        log(
-            f"debootstrap downloaded {len(debs)} packages, {mib(sum(d.stat().st_size for d in debs))}"
-        )
+        size = sum(d.stat().st_size for d in debs)
+        log(f"debootstrap downloaded {len(debs)} packages, {mib(size)}")
     for deb in debs:
         deb.unlink()
     for rel in TRIMMED:
