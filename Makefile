@@ -46,5 +46,7 @@ packages: setup
 	packaging/build-rpm
 	$(PY) packaging/check_deb_trixie.py
 
+# The benchmarks (root): crashhp against the per-event reload helpers, side by side, all
+# four parts. `python -m benchmarks` alone skips part 2, the QEMU guest (see README).
 bench: setup
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks --vm
