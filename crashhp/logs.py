@@ -5,6 +5,7 @@ The only module that imports ``systemd.journal``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -58,6 +59,8 @@ def resolve_format(fmt: LogFormat) -> LogFormat:
 def _journal_value(value: object) -> str:
     if isinstance(value, (list, tuple, set, frozenset)):
         return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
     return str(value)
 
 

@@ -26,7 +26,13 @@ def test_journal_fields() -> None:
     log = logs.get_logger()
     log.info("reload_done", text="crash kernel reloaded (command, 812 ms)", duration_ms=812.4)
     log.error("unprotected", text="no crash kernel", reason="kdumpctl exited with status 1")
-    log.info("burst", events=1000, subsystems=["cpu", "memory"], reload_ms=None)
+    log.info(
+        "burst",
+        events=1000,
+        subsystems=["cpu", "memory"],
+        reload_ms=None,
+        verdicts={"memory": "needs-reload", "cpu": "kernel-updates"},
+    )
     log.debug("uevents", count=3)  # below the level: dropped
     assert len(sent) == 3
     message, fields = sent[0]
@@ -39,8 +45,9 @@ def test_journal_fields() -> None:
     assert sent[1][1]["PRIORITY"] == "3"
     assert sent[1][1]["MESSAGE_ID"] == "f66ed305cf264ed29dacf7f75891b052"
     message, fields = sent[2]
-    assert message == "burst events=1000 subsystems=cpu,memory reload_ms=None"
+    assert message.startswith("burst events=1000 subsystems=cpu,memory reload_ms=None")
     assert fields["SUBSYSTEMS"] == "cpu,memory"
+    assert json.loads(fields["VERDICTS"]) == {"cpu": "kernel-updates", "memory": "needs-reload"}
     assert "MESSAGE_ID" not in fields
     assert "RELOAD_MS" not in fields  # None values are not sent
 
