@@ -170,7 +170,9 @@ def _scaling_table(rows: list[tuple[int, pipeline.Run, pipeline.Run | None]], fu
                 "",
             )
         elif not full:
-            t.add("", "helper", "not run (--full)", "", "", "", "", "")
+            rates = [h.rate for _, _, h in rows if h is not None]
+            guess = f"; ~{count / min(rates) / 60:.0f} min" if rates else ""
+            t.add("", "helper", f"not run (--full{guess})", "", "", "", "", "")
     t.notes.append(
         "crashhp reloads: one figure per burst (median burst's CPU and events/s shown); "
         "CPU us/event includes the reload command, so it falls as bursts grow"
