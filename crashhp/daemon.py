@@ -839,6 +839,9 @@ class Daemon:
     def _recovered(self, how: str) -> None:
         self._owed = False
         self.protection = Protection.PROTECTED
+        # STATUS= and state.json first: whoever reacts to the journal line (an admin
+        # running `crashhp status`, a test) must already see the machine protected.
+        self._publish()
         self.log.info("recovered", text=f"a crash kernel is loaded again: {how}")
 
     # ---- reporting ----------------------------------------------------------------
