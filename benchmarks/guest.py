@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import json
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -362,11 +363,16 @@ def run(problems: Problems, say: Say, guests: tuple[str, ...] = GUESTS) -> Table
             if name not in plan:
                 problems.add(f"part 2: no guest {name!r} (choose from {', '.join(plan)})")
                 continue
+            broken_before = len(problems.items)
             with _vm(a, name, say) as vm:
                 say(f"guest {name!r} up in {vm.boot_s:.0f} s")
                 for case in plan[name](Guest(vm, say)):
                     say(f"({case.key}) {case.label}: reloads {case.reloads}")
                     cases[case.key] = case
+            if len(problems.items) == broken_before:
+                shutil.rmtree(vm.dir, ignore_errors=True)  # keep the serial log of a failure
+            else:
+                problems.add(f"guest {name!r}: serial log and QEMU output kept in {vm.dir}")
     except (VmError, OSError, subprocess.SubprocessError, RuntimeError) as exc:
         problems.add(f"part 2 (VM): {type(exc).__name__}: {exc}"[:2000])
     return table(cases, kver)
