@@ -29,13 +29,14 @@ import itertools
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -759,3 +760,24 @@ class FakeHost:
         if wait_ready:
             proc.wait_ready()
         return proc
+
+
+def skip_reason() -> str | None:
+    """Why this machine cannot run FakeHost tests, or None."""
+    if os.geteuid() != 0:
+        return "real-netlink tests need root (netlink multicast, unshare, mounts)"
+    if shutil.which("unshare") is None:
+        return "real-netlink tests need unshare(1) from util-linux"
+    return None
+
+
+@contextlib.contextmanager
+def fake_host(root: Path) -> Iterator[FakeHost]:
+    """A FakeHost under ``root`` for one test; skips where the machine cannot run it."""
+    import pytest
+
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with FakeHost(root) as host:
+        yield host
