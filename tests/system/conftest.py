@@ -17,6 +17,7 @@ from tests.system.vm import Vm
 
 _ROWS: list[Row] = []
 _TIMINGS: list[str] = []
+_SUMMARY: list[str] = []
 
 
 class GuestPool:
@@ -63,6 +64,12 @@ def rows() -> list[Row]:
     return _ROWS
 
 
+@pytest.fixture(scope="session")
+def summary() -> list[str]:
+    """Lines a test wants in the measurements section at the end (figures for the docs)."""
+    return _SUMMARY
+
+
 @pytest.fixture
 def main_guest(pool: GuestPool) -> Guest:
     """The guest for scenarios that only add hardware (A-D, F): ten free sockets, four slots."""
@@ -77,10 +84,12 @@ def removal_guest(pool: GuestPool) -> Guest:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not _ROWS and not _TIMINGS:
+    if not _ROWS and not _TIMINGS and not _SUMMARY:
         return
     terminalreporter.section("crashhp on a real kernel: measurements")
     for line in _TIMINGS:
         terminalreporter.write_line(line)
     if _ROWS:
         terminalreporter.write_line(table(_ROWS))
+    for line in _SUMMARY:
+        terminalreporter.write_line(line)

@@ -33,6 +33,7 @@ LOAD_LABEL = {
     "hotplug": "kexec -c -p --hotplug",
     "none": "(none)",
     "peer": "kdump-config load",
+    "upgraded": "crashhp upgrade",
 }
 RELOAD_LOG = "/run/crashhp-test/reloads.log"
 RELOAD_SCRIPT_PATH = "/usr/local/sbin/crashhp-test-reload"
