@@ -62,7 +62,7 @@ class LogFormat(enum.StrEnum):
 
 
 class KexecSyscall(enum.StrEnum):
-    AUTO = "auto"  # kexec -a: kexec_file_load, falling back to kexec_load
+    AUTO = "auto"  # kexec -c --hotplug where allowed, else kexec -a (see kexec.py)
     FILE = "file"  # kexec -s: kexec_file_load (the kernel keeps the header current)
     CLASSIC = "classic"  # kexec -c: kexec_load (+ --hotplug where kernel and tools allow)
 

@@ -86,8 +86,9 @@ def upgrade_plan(
     """A hotplug-capable load, falling back to the configured reload if it fails.
 
     kexec_file_load images and kexec_load images with --hotplug are kept current by
-    the kernel. Under ``syscall = "classic"`` that needs kexec-tools' --hotplug and the
-    kernel's crash_elfcorehdr_size; otherwise kexec_file_load (-s) is used.
+    the kernel. kexec_load with --hotplug needs kexec-tools' --hotplug and the kernel's
+    crash_elfcorehdr_size, and is what ``syscall = "auto"`` picks where lockdown allows
+    (its window without a crash kernel is the shorter); otherwise kexec_file_load (-s).
     """
     caps, spec = _kexec_facts(config, sysfs, procfs)
     settings = config.kexec
@@ -98,8 +99,8 @@ def upgrade_plan(
             else ("no /sys/kernel/crash_elfcorehdr_size")
         )
         raise NoReloadMethod(f"kexec_load cannot be made hotplug-capable here ({missing})")
-    syscall = settings.syscall
-    if syscall is KexecSyscall.AUTO and not caps.classic_hotplug:
+    syscall = kexec.effective_syscall(settings.syscall, caps)
+    if syscall is KexecSyscall.AUTO:
         syscall = KexecSyscall.FILE  # -a could fall back to a kexec_load without the flag
     steps = (kexec.load_argv(caps, spec.kernel, spec.initrd, spec.cmdline, syscall, hotplug=True),)
     try:

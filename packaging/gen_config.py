@@ -48,8 +48,8 @@ EXPLAIN: dict[str, str] = {
     "kexec.initrd": '"" = the first kdump initrd of the usual distribution paths that exists',
     "kexec.cmdline": '"" = /proc/cmdline without crashkernel= and the like, plus append',
     "kexec.append": "Added to the crash kernel's command line",
-    "kexec.syscall": "auto = kexec_file_load, falling back to kexec_load; file = kexec -s; "
-    "classic = kexec -c",
+    "kexec.syscall": "auto = kexec -c --hotplug where allowed, else kexec -a; "
+    "file = kexec -s; classic = kexec -c",
     "kexec.hotplug": "Pass --hotplug to kexec_load when both the kernel and kexec-tools allow it",
     "kexec.upgrade": "Reload a crash kernel loaded without hotplug support once, hotplug-capably, "
     "so later events need no reload",

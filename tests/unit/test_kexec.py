@@ -181,3 +181,32 @@ def test_missing_pieces_are_clear(tmp_path: Path) -> None:
     config = config_for(tmp_path, tmp_path / "no-kexec")
     with pytest.raises(reload.NoReloadMethod, match="not executable"):
         reload.plan(config, sysfs=sysfs, procfs=procfs)
+
+
+def test_auto_prefers_kexec_load_with_hotplug_unless_locked_down() -> None:
+    assert kexec.effective_syscall(KexecSyscall.AUTO, ALL) is KexecSyscall.CLASSIC
+    locked = Capabilities("/sbin/kexec", ALL.options, True, lockdown=True)
+    assert kexec.effective_syscall(KexecSyscall.AUTO, locked) is KexecSyscall.AUTO
+    assert kexec.effective_syscall(KexecSyscall.AUTO, OLD_KERNEL) is KexecSyscall.AUTO
+    assert kexec.effective_syscall(KexecSyscall.FILE, ALL) is KexecSyscall.FILE
+
+
+def test_read_lockdown(tmp_path: Path) -> None:
+    assert not kexec.read_lockdown(tmp_path)
+    (tmp_path / "kernel/security").mkdir(parents=True)
+    lockdown = tmp_path / "kernel/security/lockdown"
+    lockdown.write_text("[none] integrity confidentiality\n")
+    assert not kexec.read_lockdown(tmp_path)
+    lockdown.write_text("none [integrity] confidentiality\n")
+    assert kexec.read_lockdown(tmp_path)
+
+
+def test_auto_upgrade_uses_kexec_load_with_hotplug(tmp_path: Path) -> None:
+    program = fake_kexec(tmp_path, HELP_2_0_29)
+    sysfs, procfs = fake_tree(tmp_path, elfcorehdr=True)
+    plan = reload.upgrade_plan(config_for(tmp_path, program), sysfs=sysfs, procfs=procfs)
+    assert plan.steps[0][1:4] == ("-p", "-c", "--hotplug")
+    (sysfs / "kernel/security").mkdir()
+    (sysfs / "kernel/security/lockdown").write_text("none [integrity] confidentiality\n")
+    locked = reload.upgrade_plan(config_for(tmp_path, program), sysfs=sysfs, procfs=procfs)
+    assert locked.steps[0][1:3] == ("-p", "-s")
