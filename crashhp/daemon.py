@@ -77,6 +77,7 @@ class _Settle:
     stale: tuple[Subsystem, ...]  # the subsystems whose file read 0
     until: float
     next_read: float
+    reads_left: int  # re-reads still owed, however late the loop gets to them
     seen_updating: set[Subsystem] = field(default_factory=set)  # read 1 at least once
 
 
@@ -366,17 +367,24 @@ class Daemon:
         self._watch_unprotected(now)
 
     def _on_settle_read(self, settle: _Settle, now: float) -> None:
-        """One of the re-reads of a 0; the last one decides, counting any 1 seen."""
+        """One of the re-reads of a 0; the last one decides, counting any 1 seen.
+
+        The window is counted in reads at least SETTLE_READ_INTERVAL_S apart as well as in
+        time: on a starved CPU a late wake-up must not shrink it to a single read.
+        """
         if now < settle.next_read:
             return
-        if now < settle.until:
+        if now < settle.until or settle.reads_left > 0:
             settle.seen_updating.update(
                 s
                 for s in settle.stale
                 if s not in settle.seen_updating
                 and kernel.read_verdict(s, self._sysfs) is Verdict.KERNEL_UPDATES
             )
-            settle.next_read = min(settle.until, now + kernel.SETTLE_READ_INTERVAL_S)
+            settle.reads_left -= 1
+            settle.next_read = now + kernel.SETTLE_READ_INTERVAL_S
+            if settle.reads_left <= 0:
+                settle.next_read = max(settle.until, settle.next_read)
             return
         self._settling = None
         self._decide(settle.burst, confirmed=True, seen_updating=frozenset(settle.seen_updating))
@@ -561,8 +569,13 @@ class Daemon:
         if decision.action is Action.CONFIRM:
             now = self._clock()
             until = now + self.config.coalesce.settle_ms / 1000
+            reads = int(self.config.coalesce.settle_ms / 1000 / kernel.SETTLE_READ_INTERVAL_S)
             self._settling = _Settle(
-                burst, decision.stale, until, min(until, now + kernel.SETTLE_READ_INTERVAL_S)
+                burst,
+                decision.stale,
+                until,
+                min(until, now + kernel.SETTLE_READ_INTERVAL_S),
+                reads_left=reads,
             )
             self.log.debug("settling", stale=list(decision.stale), text=decision.text)
             return

@@ -82,6 +82,7 @@ def test_random_lock_contention_during_a_storm_no_reload(host: FakeHost) -> None
         while time.monotonic() - start < 3.0:
             daemon.send_burst(20, subsystems=("memory",))
             time.sleep(0.05)
+        storm_end = time.monotonic()
         wait_until(
             lambda: (b := daemon.logs.events("burst")) and b[-1]["_t"] > time.monotonic() - 5,
             5,
@@ -89,7 +90,9 @@ def test_random_lock_contention_during_a_storm_no_reload(host: FakeHost) -> None
         )
         time.sleep(QUIET_S + SETTLE_S + 0.3)
     decided = daemon.logs.events("burst")
-    assert len(decided) >= 4, "max_delay_ms did not force decisions during the storm"
+    # At least two decisions while events still came (a loaded machine sends fewer).
+    during = [b for b in decided if b["_t"] < storm_end]
+    assert len(during) >= 2, ("max_delay_ms did not force decisions during the storm", decided)
     assert {b["decision"] for b in decided} == {"kernel_handles"}, decided
     assert host.recorder.count() == 0
 
