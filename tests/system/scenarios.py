@@ -265,3 +265,26 @@ class Guest:
         events.pop("None", None)
         row = Row(scenario, what, LOAD_LABEL[load], "/".join(ch), reloads, metrics)
         return Outcome(row, events, journal, reload_log=new_log)
+
+
+# Helpers for tests that read crashhp's journal in the guest.
+
+
+def crashhp_journal(g: Guest, t0: int) -> list[dict[str, Any]]:
+    """crashhp.service's journal entries since guest time ``t0``, as JSON objects."""
+    return g.journal(t0, g.vm.agent.ping(), "-u", "crashhp.service")
+
+
+def named_events(entries: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
+    return [e for e in entries if e.get("CRASHHP_EVENT") == event]
+
+
+def event_counts(entries: list[dict[str, Any]]) -> collections.Counter[str]:
+    return collections.Counter(str(e["CRASHHP_EVENT"]) for e in entries if "CRASHHP_EVENT" in e)
+
+
+def cpu_cycle(g: Guest, cpu: int = 1) -> None:
+    """Offline, then online, guest CPU ``cpu``."""
+    path = f"/sys/devices/system/cpu/cpu{cpu}/online"
+    g.vm.set_online(path, False)
+    g.vm.set_online(path, True)

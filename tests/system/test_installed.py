@@ -11,7 +11,6 @@ Hardware used: 4 CPUs and 3 DIMMs.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import re
@@ -26,7 +25,16 @@ import pytest
 
 from crashhp.logs import MESSAGE_IDS
 from tests.system.measure import Row
-from tests.system.scenarios import CRASH_INITRD, PEER_RULES, PEER_RULES_PARKED, Guest, Outcome
+from tests.system.scenarios import (
+    CRASH_INITRD,
+    PEER_RULES,
+    PEER_RULES_PARKED,
+    Guest,
+    Outcome,
+    cpu_cycle,
+    crashhp_journal,
+    named_events,
+)
 from tests.system.vm import VmError
 
 if TYPE_CHECKING:
@@ -164,30 +172,12 @@ def _systemctl_reload(g: Guest) -> dict[str, Any]:
 def _wait_event(g: Guest, t0: int, event: str, timeout: float = 30.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        found = _named(_crashhp_journal(g, t0), event)
+        found = named_events(crashhp_journal(g, t0), event)
         if found:
             return found[-1]
         if time.monotonic() > deadline:
             raise VmError(f"no {event} in crashhp's journal within {timeout} s")
         time.sleep(0.5)
-
-
-def _crashhp_journal(g: Guest, t0: int) -> list[dict[str, Any]]:
-    return g.journal(t0, g.vm.agent.ping(), "-u", "crashhp.service")
-
-
-def _named(entries: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
-    return [e for e in entries if e.get("CRASHHP_EVENT") == event]
-
-
-def _counts(entries: list[dict[str, Any]]) -> collections.Counter[str]:
-    return collections.Counter(str(e["CRASHHP_EVENT"]) for e in entries if "CRASHHP_EVENT" in e)
-
-
-def _cpu_cycle(g: Guest, cpu: int = 1) -> None:
-    path = f"/sys/devices/system/cpu/cpu{cpu}/online"
-    g.vm.set_online(path, False)
-    g.vm.set_online(path, True)
 
 
 def _status_line(g: Guest) -> str:
@@ -199,8 +189,10 @@ def _status_line(g: Guest) -> str:
 
 def _one_reload(out: Outcome, method: str) -> dict[str, Any]:
     """crashhp reloaded once for the scenario, with `method`; its reload_done entry."""
-    done = _named(out.journal, "reload_done")
-    failed = [f"{e.get('REASON')}: {e.get('OUTPUT')}" for e in _named(out.journal, "reload_failed")]
+    done = named_events(out.journal, "reload_done")
+    failed = [
+        f"{e.get('REASON')}: {e.get('OUTPUT')}" for e in named_events(out.journal, "reload_failed")
+    ]
     assert not failed, f"crashhp's reload failed: {failed}"
     assert out.events["reload_started"] == 1, dict(out.events)
     assert len(done) == 1, dict(out.events)
@@ -276,7 +268,7 @@ def test_installed_service_reloads_after_hotplug(installed: Installed, rows: lis
     assert done["KERNEL_KEEPS_CURRENT"] == "False", done
     assert float(str(done["DURATION_MS"])) > 0, done
     assert int(str(done["RELOADS"])) >= 1, done
-    burst = _named(out.journal, "burst")[-1]
+    burst = named_events(out.journal, "burst")[-1]
     assert int(str(burst["EVENTS"])) >= 2 + 2 + 16, burst
     assert burst["SUBSYSTEMS"] == "cpu,memory", burst
     assert burst["ACTION"] == "reload", burst
@@ -346,7 +338,7 @@ def test_hardened_service_reloads(installed: Installed, rows: list[Row], method:
         _seed_kdump_tools(g)
     _configure(g, {**CONFIG, "reload": {**CONFIG["reload"], "method": method}})
     g.fresh_crashhp("classic")
-    out = g.measure(f"H-{method}", "CPU offline+online", "classic", lambda: _cpu_cycle(g))
+    out = g.measure(f"H-{method}", "CPU offline+online", "classic", lambda: cpu_cycle(g))
     out.row.notes.append(f"installed, hardened unit: reload.method {method}")
     rows.append(out.row)
     _one_reload(out, method)

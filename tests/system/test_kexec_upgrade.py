@@ -8,18 +8,25 @@ state, its config drop-in) so that the order does not matter.
 
 from __future__ import annotations
 
-import collections
 import json
 import shlex
 import statistics
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.system.measure import Row, analyse
-from tests.system.scenarios import CRASH_APPEND, CRASH_INITRD, Guest
+from tests.system.scenarios import (
+    CRASH_APPEND,
+    CRASH_INITRD,
+    Guest,
+    cpu_cycle,
+    crashhp_journal,
+    event_counts,
+    named_events,
+)
 
 if TYPE_CHECKING:
     from tests.system.conftest import GuestPool
@@ -76,24 +83,6 @@ def _configure(g: Guest, sections: dict[str, dict[str, object]]) -> None:
     g.vm.agent.write_file(DROPIN, "\n".join(lines) + "\n")
     check = g.vm.agent.run(["crashhp", "check-config"], 60)
     assert check.rc == 0, check
-
-
-def _cpu_cycle(g: Guest, cpu: int = 1) -> None:
-    path = f"/sys/devices/system/cpu/cpu{cpu}/online"
-    g.vm.set_online(path, False)
-    g.vm.set_online(path, True)
-
-
-def _crashhp_journal(g: Guest, t0: int) -> list[dict[str, Any]]:
-    return g.journal(t0, g.vm.agent.ping(), "-u", "crashhp.service")
-
-
-def _named(entries: list[dict[str, Any]], event: str) -> list[dict[str, Any]]:
-    return [e for e in entries if e.get("CRASHHP_EVENT") == event]
-
-
-def _counts(entries: list[dict[str, Any]]) -> collections.Counter[str]:
-    return collections.Counter(str(e["CRASHHP_EVENT"]) for e in entries if "CRASHHP_EVENT" in e)
 
 
 def _wrapper_calls(g: Guest) -> list[str]:
@@ -243,18 +232,18 @@ def test_c_kexec_classic_reload_is_kernel_managed(upgrade_guest: Guest, rows: li
     g.fresh_crashhp("classic")
     assert g.crash_hotplug() == ("0", "0")
     t0 = g.vm.agent.ping()
-    out = g.measure("U3", "CPU offline+online", "classic", lambda: _cpu_cycle(g))
-    journal = _crashhp_journal(g, t0)
-    started = _named(journal, "reload_started")
-    assert len(started) == 1, _counts(journal)
+    out = g.measure("U3", "CPU offline+online", "classic", lambda: cpu_cycle(g))
+    journal = crashhp_journal(g, t0)
+    started = named_events(journal, "reload_started")
+    assert len(started) == 1, event_counts(journal)
     argv = str(started[0]["COMMAND"]).split()
     assert argv[:3] == ["/usr/sbin/kexec", "-p", "-c"], argv
     assert "--hotplug" in argv, argv
     command = str(started[0]["COMMAND"])
     assert "crashkernel=" not in command
     assert "irqpoll nr_cpus=1 reset_devices" in command
-    done = _named(journal, "reload_done")
-    assert len(done) == 1, _counts(journal)
+    done = named_events(journal, "reload_done")
+    assert len(done) == 1, event_counts(journal)
     assert done[0]["METHOD"] == "kexec", done[0]
     assert done[0]["PURPOSE"] == "reload", done[0]
     assert done[0]["KERNEL_KEEPS_CURRENT"] == "True", done[0]
@@ -266,10 +255,10 @@ def test_c_kexec_classic_reload_is_kernel_managed(upgrade_guest: Guest, rows: li
 
     # The image it loaded is kept current by the kernel: the next change needs no reload.
     t1 = g.vm.agent.ping()
-    nxt = g.measure("U4", "CPU offline+online", "hotplug", lambda: _cpu_cycle(g))
-    journal = _crashhp_journal(g, t1)
-    assert not _named(journal, "reload_started"), _counts(journal)
-    assert _named(journal, "kernel_handles"), _counts(journal)
+    nxt = g.measure("U4", "CPU offline+online", "hotplug", lambda: cpu_cycle(g))
+    journal = crashhp_journal(g, t1)
+    assert not named_events(journal, "reload_started"), event_counts(journal)
+    assert named_events(journal, "kernel_handles"), event_counts(journal)
     assert nxt.metrics.unloaded_ms < KERNEL_UPDATE_WINDOW_MS, nxt.metrics
     rows.append(nxt.row)
 
@@ -283,13 +272,13 @@ def test_d_daemon_upgrades_once_at_start(upgrade_guest: Guest) -> None:
     _configure(g, {"kexec": {**KEXEC, "upgrade": True}})
     log_before = len(g.reload_log())
     t0 = _forget_and_start(g, "classic")
-    journal = _crashhp_journal(g, t0)
-    counts = _counts(journal)
+    journal = crashhp_journal(g, t0)
+    counts = event_counts(journal)
     assert counts["upgrade_scheduled"] == 1, counts
-    started = _named(journal, "reload_started")
+    started = named_events(journal, "reload_started")
     assert [e["PURPOSE"] for e in started] == ["upgrade"], started
     assert "--hotplug" in str(started[0]["COMMAND"]).split(), started[0]
-    done = _named(journal, "reload_done")
+    done = named_events(journal, "reload_done")
     assert len(done) == 1, done
     assert done[0]["PURPOSE"] == "upgrade", done
     assert done[0]["KERNEL_KEEPS_CURRENT"] == "True", done[0]
@@ -302,9 +291,9 @@ def test_d_daemon_upgrades_once_at_start(upgrade_guest: Guest) -> None:
     t1 = g.vm.agent.ping()
     g.vm.agent.run(["systemctl", "restart", "crashhp.service"], 90).check()
     g.settle(quiet_s=1.0)
-    _cpu_cycle(g)
+    cpu_cycle(g)
     g.settle()
-    counts = _counts(_crashhp_journal(g, t1))
+    counts = event_counts(crashhp_journal(g, t1))
     assert counts["upgrade_scheduled"] == 0, counts
     assert counts["reload_started"] == 0, counts
     assert counts["kernel_handles"] >= 1, counts
@@ -317,12 +306,12 @@ def test_d_daemon_upgrade_failure_falls_back_and_is_not_retried(upgrade_guest: G
     _configure(g, {"kexec": {**KEXEC, "upgrade": True, "program": WRAPPER}})
     log_before = len(g.reload_log())
     t0 = _forget_and_start(g, "classic")
-    journal = _crashhp_journal(g, t0)
-    counts = _counts(journal)
+    journal = crashhp_journal(g, t0)
+    counts = event_counts(journal)
     assert counts["upgrade_failed"] == 1, counts
-    started = _named(journal, "reload_started")
+    started = named_events(journal, "reload_started")
     assert [e["PURPOSE"] for e in started] == ["upgrade", "reload"], started
-    done = _named(journal, "reload_done")
+    done = named_events(journal, "reload_done")
     assert len(done) == 1, done
     assert done[0]["PURPOSE"] == "reload", done
     assert done[0]["KERNEL_KEEPS_CURRENT"] == "False", done[0]
@@ -339,10 +328,10 @@ def test_d_daemon_upgrade_failure_falls_back_and_is_not_retried(upgrade_guest: G
     hotplug_calls = sum("--hotplug" in c.split() for c in _wrapper_calls(g))
     assert hotplug_calls == 1
     t1 = g.vm.agent.ping()
-    _cpu_cycle(g)
+    cpu_cycle(g)
     g.settle()
-    journal = _crashhp_journal(g, t1)
-    assert [e["PURPOSE"] for e in _named(journal, "reload_started")] == ["reload"], journal
+    journal = crashhp_journal(g, t1)
+    assert [e["PURPOSE"] for e in named_events(journal, "reload_started")] == ["reload"], journal
     assert sum("--hotplug" in c.split() for c in _wrapper_calls(g)) == hotplug_calls
     assert g.crash_loaded()
 

@@ -21,6 +21,7 @@ from tests.system.scenarios import (
     PEER_RULES_PARKED,
     Guest,
     Outcome,
+    cpu_cycle,
 )
 
 pytestmark = pytest.mark.system
@@ -73,12 +74,6 @@ def _status(g: Guest, expect_rc: int) -> dict[str, object]:
     assert rc == expect_rc, report
     assert report["daemon"] is not None, "crashhp status does not see the running daemon"
     return report
-
-
-def _cpu_cycle(g: Guest, cpu: int) -> None:
-    path = f"/sys/devices/system/cpu/cpu{cpu}/online"
-    g.vm.set_online(path, False)
-    g.vm.set_online(path, True)
 
 
 def _memory_cycle(g: Guest, block: str) -> None:
@@ -152,10 +147,10 @@ def test_f_journal_fields_and_message_ids(main_guest: Guest) -> None:
     g = main_guest
     g.fresh_crashhp("file")
     t0 = g.vm.agent.ping()
-    _cpu_cycle(g, 1)
+    cpu_cycle(g, 1)
     g.settle()
     g.fresh_crashhp("none")
-    _cpu_cycle(g, 1)
+    cpu_cycle(g, 1)
     g.settle()
     journal = g.journal(t0, g.vm.agent.ping(), "-u", "crashhp.service")
     by_event: dict[str, list[dict[str, object]]] = {}
@@ -189,7 +184,7 @@ def test_f_systemctl_status_and_reload(main_guest: Guest) -> None:
         loaded = _wait_journal(g, t0, "config_loaded")
         assert DROPIN in str(loaded.get("FILES")), loaded
         assert loaded.get("POLICY") == "never", loaded
-        _cpu_cycle(g, 1)
+        cpu_cycle(g, 1)
         g.settle()
         assert len(g.reload_log()) == reloads_before, "policy = never still reloaded"
         shown = g.vm.agent.run(["systemctl", "status", "crashhp", "--no-pager"]).stdout
@@ -293,9 +288,9 @@ def test_e_removals_and_offline_online(removal_guest: Guest, rows: list[Row]) ->
     cases = [
         ("E1", "DIMM device_del", "classic", lambda: g.vm.dimm_del(dimm_b)),
         ("E2", "memory block off+on", "classic", lambda: _memory_cycle(g, blocks[0])),
-        ("E3", "CPU offline+online", "classic", lambda: _cpu_cycle(g, cpus[0])),
+        ("E3", "CPU offline+online", "classic", lambda: cpu_cycle(g, cpus[0])),
         ("E4", "memory block off+on", "file", lambda: _memory_cycle(g, blocks[1])),
-        ("E5", "CPU offline+online", "file", lambda: _cpu_cycle(g, cpus[0])),
+        ("E5", "CPU offline+online", "file", lambda: cpu_cycle(g, cpus[0])),
         ("E6", "DIMM device_del", "file", lambda: g.vm.dimm_del(dimm_a)),
         ("E7", "CPU device_del", "classic", lambda: g.vm.cpu_del(sockets[1])),
         ("E8", "CPU device_del", "file", lambda: g.vm.cpu_del(sockets[0])),
