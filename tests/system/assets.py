@@ -130,14 +130,14 @@ def mib(n: int) -> str:
 class Apt:
     """apt with a private sources list and lists directory: the host's config stays untouched."""
 
-    def __init__(self, root: Path, mirror: str) -> None:
+    def __init__(self, root: Path, mirror: str, suite: str = SUITE) -> None:
         self.root = root
         self.mirror = mirror
         root.mkdir(parents=True, exist_ok=True)
         (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
         (root / "cache" / "archives" / "partial").mkdir(parents=True, exist_ok=True)
         sources = root / "sources.list"
-        sources.write_text(f"deb [signed-by={KEYRING}] {mirror} {SUITE} main\n")
+        sources.write_text(f"deb [signed-by={KEYRING}] {mirror} {suite} main\n")
         self.options = [
             f"-oDir::Etc::sourcelist={sources}",
             "-oDir::Etc::sourceparts=-",
@@ -194,6 +194,8 @@ class Assets:
     rootfs_cpio: Path
     acpi_cpio: Path | None
     manifest: dict[str, object]
+    # Appended after the rootfs: another kernel's /boot files (tests.system.flavours).
+    kernel_cpio: Path | None = None
 
     def describe(self) -> str:
         parts = [

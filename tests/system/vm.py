@@ -43,6 +43,7 @@ CMDLINE = (
     "systemd.show_status=false"
 )
 AGENT_PORT = "org.crashhp.agent"
+GUEST_PYTHONPATH = "/opt/crashhp:/opt/crashhp-deps"
 EVENTS = "/run/crashhp-test/events.jsonl"
 BOOT_TIMEOUT_S = 240.0
 QEMU_LOCK_TIMEOUT_S = 3600.0
@@ -112,7 +113,8 @@ def overlay_cpio() -> bytes:
     )
     w.file(
         "usr/local/bin/crashhp",
-        f'#!/bin/sh\nPYTHONPATH=/opt/crashhp exec /usr/bin/python3 {entry} "$@"\n'.encode(),
+        # /opt/crashhp-deps: pinned wheels where the distribution's are too old (bookworm).
+        f'#!/bin/sh\nPYTHONPATH={GUEST_PYTHONPATH} exec /usr/bin/python3 {entry} "$@"\n'.encode(),
         0o755,
     )
     for alias in ("usr/bin/crashhp", "usr/sbin/crashhp"):
@@ -384,6 +386,8 @@ class Vm:
                 out.write(self.assets.acpi_cpio.read_bytes())
             with self.assets.rootfs_cpio.open("rb") as src:
                 shutil.copyfileobj(src, out, 4 << 20)
+            if self.assets.kernel_cpio is not None:
+                out.write(self.assets.kernel_cpio.read_bytes())
             out.write(overlay_cpio())
         argv = [
             QEMU,
