@@ -6,11 +6,13 @@ At most one guest runs at a time: asking for the other one shuts the current one
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.system import assets as assets_mod
+from tests.system import flavours
 from tests.system.measure import Row, table
 from tests.system.scenarios import Guest
 from tests.system.vm import Vm
@@ -25,15 +27,24 @@ class GuestPool:
 
     def __init__(self, assets: assets_mod.Assets) -> None:
         self.assets = assets
+        self._flavours = {flavours.DEFAULT: assets}
         self.vm: Vm | None = None
         self.guest: Guest | None = None
         self.kind = ""
 
-    def get(self, kind: str, *, fresh_cpus: bool = False) -> Guest:
+    def get(
+        self, kind: str, *, fresh_cpus: bool = False, flavour: flavours.Flavour = flavours.DEFAULT
+    ) -> Guest:
+        """The guest `kind` (one kind per flavour), booted if it is not the current one."""
         stale = self.vm is not None and fresh_cpus and self.vm.cpu_removed
         if self.guest is None or self.kind != kind or stale:
             self.close()
-            self.vm = Vm(self.assets, name=kind)
+            if flavour not in self._flavours:
+                started = time.monotonic()
+                self._flavours[flavour] = flavours.ensure(flavour)
+                took = time.monotonic() - started
+                _TIMINGS.append(f"assets {flavour.name}: built or reused in {took:.0f} s")
+            self.vm = Vm(self._flavours[flavour], name=kind)
             self.vm.__enter__()
             _TIMINGS.append(f"VM {kind}: booted in {self.vm.boot_s:.1f} s (logs in {self.vm.dir})")
             self.guest = Guest(self.vm)

@@ -64,6 +64,7 @@ retries = 2
 backoff_initial_s = 1.0
 """
 PEER_RULES = "/usr/lib/udev/rules.d/50-kdump-tools.rules"
+UDEVD_DROPIN = "/etc/systemd/system/systemd-udevd.service.d/50-system-test-no-filter.conf"
 PEER_RULES_PARKED = "/opt/crashhp-test/peer/50-kdump-tools.rules"
 SETTLE_QUIET_S = 3.0
 
@@ -84,6 +85,7 @@ class Outcome:
     status: dict[str, Any] | None = None
     status_rc: int | None = None
     reload_log: list[str] = field(default_factory=list)
+    peer_failed: int = 0  # kdump-config's failed unloads (the peer's scenarios)
 
     @property
     def metrics(self) -> Metrics:
@@ -96,6 +98,9 @@ class Guest:
         self.say = say
         self.kver = self.sh("uname -r").strip()
         self._next_dimm = 1
+        # "offline" on 6.1 even with memhp_default_state= on the command line: hot-added
+        # memory stays offline until someone writes its state (as a distribution's rule would).
+        self.auto_online = self.sh("cat /sys/devices/system/memory/auto_online_blocks").strip()
         self.sh(f"mkdir -p /run/crashhp-test /etc/crashhp && : >>{RELOAD_LOG}")
         self.vm.agent.write_file(RELOAD_SCRIPT_PATH, RELOAD_SCRIPT, 0o755)
         self.vm.agent.write_file(CONFIG_PATH, CONFIG)
@@ -113,8 +118,11 @@ class Guest:
         return self.vm.agent.sh(script, timeout).check().stdout
 
     def crash_hotplug(self) -> tuple[str, str]:
+        """The cpu and memory crash_hotplug files; "-" where the kernel has none (before 6.6)."""
         out = self.sh(
-            "cat /sys/devices/system/cpu/crash_hotplug /sys/devices/system/memory/crash_hotplug"
+            "for f in /sys/devices/system/cpu/crash_hotplug "
+            "/sys/devices/system/memory/crash_hotplug; "
+            'do if [ -e "$f" ]; then cat "$f"; else echo -; fi; done'
         ).split()
         return out[0], out[1]
 
@@ -200,8 +208,26 @@ class Guest:
         for n in indices:
             self.vm.set_online(f"/sys/devices/system/cpu/cpu{n}/online", True)
         if dimm:
+            before = self.memory_blocks()
             self.vm.dimm_add(self.new_dimm())
+            if self.auto_online == "offline":
+                self.online_new_memory(before, blocks=8)
         return indices
+
+    def memory_blocks(self) -> set[str]:
+        return set(self.sh("ls /sys/devices/system/memory | grep '^memory[0-9]'").split())
+
+    def online_new_memory(self, before: set[str], blocks: int, timeout: float = 60.0) -> None:
+        """Online the blocks of a hot-added DIMM the kernel left offline, into ZONE_MOVABLE."""
+        deadline = time.monotonic() + timeout
+        while len(new := self.memory_blocks() - before) < blocks:
+            if time.monotonic() > deadline:
+                raise VmError(f"only {len(new)} of {blocks} new memory blocks in {timeout} s")
+            time.sleep(0.1)
+        for block in sorted(new, key=lambda b: int(b.removeprefix("memory"))):
+            path = f"/sys/devices/system/memory/{block}/state"
+            if self.vm.agent.read_text(path).strip() == "offline":
+                self.vm.agent.write_file(path, "online_movable")
 
     def settle(self, quiet_s: float = SETTLE_QUIET_S, timeout: float = 180.0) -> None:
         """Wait until udev is idle, no reload runs, and neither the recorder nor crashhp's
@@ -265,6 +291,48 @@ class Guest:
         events.pop("None", None)
         row = Row(scenario, what, LOAD_LABEL[load], "/".join(ch), reloads, metrics)
         return Outcome(row, events, journal, reload_log=new_log)
+
+    # -- the peer: Debian's kdump-tools ----------------------------------------------------------
+    def peer_burst(self, scenario: str, what: str, *, udevd_filter: bool) -> Outcome:
+        """Debian's kdump-tools with its udev rules, crashhp stopped, through one burst.
+
+        Its rules run `kdump-config try-reload` per cpu/memory event; `udevd_filter` False
+        lifts udevd's system call filter (a drop-in), which refuses kexec to the rules'
+        programs on trixie. The row's reloads are the unloads kdump-config logged, a note
+        says how many failed.
+        """
+        self.crashhp_stop()
+        self.unload()
+        k = self.kver
+        self.sh(
+            "mkdir -p /var/lib/kdump /etc/kdump && touch /etc/kdump/sysctl.conf && "
+            f"cp {CRASH_INITRD} /var/lib/kdump/initrd.img-{k} && "
+            # VM-NOTES trap 5: without a matching sysctl stamp kdump-config deletes its initrd.
+            f"cp /etc/kdump/sysctl.conf /var/lib/kdump/latest_sysctls-{k}"
+        )
+        loaded = self.vm.agent.run(["kdump-config", "load"], 120)
+        if loaded.rc != 0 or not self.crash_loaded():
+            raise VmError(f"kdump-config load: {loaded}")
+        if not udevd_filter:
+            self.vm.agent.write_file(UDEVD_DROPIN, "[Service]\nSystemCallFilter=\n")
+            self.sh("systemctl daemon-reload && systemctl restart systemd-udevd")
+        self.sh(f"cp {PEER_RULES_PARKED} {PEER_RULES} && udevadm control --reload")
+        try:
+            out = self.measure(
+                scenario, what, "peer", self.add_cpus_and_dimm, reloads_from="kdump-config"
+            )
+        finally:
+            self.sh(f"rm -f {PEER_RULES} {UDEVD_DROPIN} && udevadm control --reload")
+            if not udevd_filter:
+                self.sh("systemctl daemon-reload && systemctl restart systemd-udevd")
+        failed = sum(1 for e in out.journal if e.get("MESSAGE") == "failed to unload kdump kernel")
+        where = "stock udevd" if udevd_filter else "udevd with SystemCallFilter= lifted"
+        out.row.notes.append(
+            f"kdump-config try-reload per event ({where}): {out.row.reloads} reloads, "
+            f"{failed} failed"
+        )
+        out.peer_failed = failed
+        return out
 
 
 # Helpers for tests that read crashhp's journal in the guest.

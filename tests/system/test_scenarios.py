@@ -16,9 +16,6 @@ import pytest
 from tests.system.measure import Row
 from tests.system.scenarios import (
     CONFIG_PATH,
-    CRASH_INITRD,
-    PEER_RULES,
-    PEER_RULES_PARKED,
     Guest,
     Outcome,
     cpu_cycle,
@@ -221,9 +218,6 @@ def _wait_journal(g: Guest, t0: int, event: str, timeout: float = 30.0) -> dict[
 # ---- G then E: the removal VM --------------------------------------------------------------
 
 
-UDEVD_DROPIN = "/etc/systemd/system/systemd-udevd.service.d/50-system-test-no-filter.conf"
-
-
 @pytest.mark.parametrize("udevd_filter", [True, False], ids=["stock-udevd", "filter-lifted"])
 def test_g_peer_kdump_tools(removal_guest: Guest, rows: list[Row], udevd_filter: bool) -> None:
     """Debian's kdump-tools with its udev rules, crashhp stopped: the benchmark's baseline.
@@ -232,39 +226,7 @@ def test_g_peer_kdump_tools(removal_guest: Guest, rows: list[Row], udevd_filter:
     filter lifted (a drop-in) it reloads once per event.
     """
     g = removal_guest
-    g.crashhp_stop()
-    g.unload()
-    k = g.kver
-    g.sh(
-        "mkdir -p /var/lib/kdump /etc/kdump && touch /etc/kdump/sysctl.conf && "
-        f"cp {CRASH_INITRD} /var/lib/kdump/initrd.img-{k} && "
-        # VM-NOTES trap 5: without a matching sysctl stamp kdump-config deletes its initrd.
-        f"cp /etc/kdump/sysctl.conf /var/lib/kdump/latest_sysctls-{k}"
-    )
-    loaded = g.vm.agent.run(["kdump-config", "load"], 120)
-    assert loaded.rc == 0, loaded
-    assert g.crash_loaded()
-    if not udevd_filter:
-        g.vm.agent.write_file(UDEVD_DROPIN, "[Service]\nSystemCallFilter=\n")
-        g.sh("systemctl daemon-reload && systemctl restart systemd-udevd")
-    g.sh(f"cp {PEER_RULES_PARKED} {PEER_RULES} && udevadm control --reload")
-    try:
-        out = g.measure(
-            "G" if udevd_filter else "G'",
-            BURST,
-            "peer",
-            g.add_cpus_and_dimm,
-            reloads_from="kdump-config",
-        )
-    finally:
-        g.sh(f"rm -f {PEER_RULES} {UDEVD_DROPIN} && udevadm control --reload")
-        if not udevd_filter:
-            g.sh("systemctl daemon-reload && systemctl restart systemd-udevd")
-    failed = sum(1 for e in out.journal if e.get("MESSAGE") == "failed to unload kdump kernel")
-    where = "stock udevd" if udevd_filter else "udevd with SystemCallFilter= lifted"
-    out.row.notes.append(
-        f"kdump-config try-reload per event ({where}): {out.row.reloads} reloads, {failed} failed"
-    )
+    out = g.peer_burst("G" if udevd_filter else "G'", BURST, udevd_filter=udevd_filter)
     rows.append(out.row)
     assert out.metrics.uevents >= 20
     assert out.row.reloads >= 1, "the peer's udev rules never ran kdump-config"

@@ -370,7 +370,9 @@ class Vm:
                 if not told:
                     print(f"vm[{self.name}]: waiting for another guest to finish ({path})")
                     told = True
-                time.sleep(1)
+                # Often: a test run that boots guest after guest frees the lock for
+                # milliseconds only between them.
+                time.sleep(0.02)
             else:
                 return
 

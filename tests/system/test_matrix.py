@@ -1,0 +1,229 @@
+"""The kernel matrix (issue 12, item 1): crashhp on three kernels, each a real boot with real
+CPU and memory hotplug in QEMU and crashhp as its real systemd unit from the working tree.
+
+    bookworm-6.1   Debian 12's userland and kernel: no crash_hotplug, systemd 252, kdump-tools
+                   1.8 as the peer
+    trixie-6.12    today's guest
+    trixie-7.3     trixie with trixie-backports' 7.3 kernel: /sys/kernel/kexec/
+
+Each kernel boots once and runs its steps in the order of `MATRIX` (they share that guest's
+free CPU sockets and DIMM slots: at most four bursts of +2 CPUs and a DIMM per boot). Each
+step resets what it depends on (crash kernel, crashhp's state). Steps marked `full` run only
+in `make system-full`.
+
+The dump check (issue "The dump is the product": crash the guest, read /proc/vmcore's ELF
+header in the crash kernel, compare with /proc/iomem and the online CPUs) plugs in as the
+**last** step of every kernel's tuple: it panics the guest, so nothing can follow it on that
+boot, and it must end with `pool.close()` so that the next kernel boots afresh.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tests.system import flavours
+from tests.system.measure import Row
+from tests.system.scenarios import Guest, Outcome
+
+if TYPE_CHECKING:
+    from tests.system.conftest import GuestPool
+
+pytestmark = pytest.mark.system
+
+BURST = "+2 CPUs, online, +1 GiB"
+RELEASE = {
+    "bookworm-6.1": r"^6\.1\.0-\d+-amd64$",
+    "trixie-6.12": r"^6\.12\.\d+\+deb13-amd64$",
+    "trixie-7.3": r"^7\.3\.\d+\+deb13-amd64$",
+}
+# What `crash_hotplug` reads with a kexec_load crash kernel (no --hotplug): "-" = no file.
+CLASSIC_CRASH_HOTPLUG = {"bookworm-6.1": "-/-", "trixie-6.12": "0/0", "trixie-7.3": "0/0"}
+KEXEC_DIR = "/sys/kernel/kexec"
+KEXEC_FILES = ("loaded", "crash_loaded", "crash_size", "crash_elfcorehdr_size", "crash_cma_ranges")
+# The old names and the new file each should now be an alias of.
+OLD_NAMES = {
+    "/sys/kernel/kexec_loaded": "loaded",
+    "/sys/kernel/kexec_crash_loaded": "crash_loaded",
+    "/sys/kernel/kexec_crash_size": "crash_size",
+    "/sys/kernel/crash_elfcorehdr_size": "crash_elfcorehdr_size",
+}
+CRASHKERNEL_BYTES = 256 << 20
+
+
+@dataclass
+class Ctx:
+    kernel: str
+    g: Guest
+    rows: list[Row]
+    summary: list[str]
+
+    def row(self, out: Outcome, step: str) -> Outcome:
+        out.row.scenario = f"{self.kernel} {step}"
+        self.rows.append(out.row)
+        return out
+
+
+def _failures(out: Outcome) -> str:
+    return "\n".join(
+        f"{e.get('REASON')}: {e.get('OUTPUT')}"
+        for e in out.journal
+        if e.get("CRASHHP_EVENT") == "reload_failed"
+    )
+
+
+def _status(g: Guest) -> tuple[int | None, dict[str, Any]]:
+    rc, report = g.status()
+    assert report is not None, "crashhp status --json printed no JSON"
+    return rc, report
+
+
+# ---- the steps ------------------------------------------------------------------------------
+
+
+def kexec_load_burst(c: Ctx) -> None:
+    """Crash kernel loaded with kexec_load (no --hotplug): one burst, exactly one reload."""
+    g = c.g
+    g.fresh_crashhp("classic")
+    assert "/".join(g.crash_hotplug()) == CLASSIC_CRASH_HOTPLUG[c.kernel]
+    out = c.row(g.measure("B", BURST, "classic", g.add_cpus_and_dimm), "kexec_load burst")
+    assert out.events["reload_failed"] == 0, f"crashhp's reload failed:\n{_failures(out)}"
+    assert out.row.reloads == 1, (out.reload_log, dict(out.events))
+    assert out.reload_log[-1].split()[-1] == "0", f"reload command failed: {out.reload_log}"
+    assert out.events["reload_done"] == 1, dict(out.events)
+    assert out.metrics.uevents >= 2 + 2 + 16, out.metrics  # 2 add + 2 online + 8 add + 8 online
+    assert out.metrics.loaded_at_end is True, out.metrics
+    assert out.metrics.restore_ms is not None, out.metrics
+    rc, report = _status(g)
+    assert (rc, report["verdict"]) == (0, "OK"), report
+    c.summary.append(
+        f"{c.kernel}: kexec_load burst: {out.metrics.uevents} uevents, {out.row.reloads} reload, "
+        f"{out.metrics.unloaded_ms:.0f} ms unloaded, crashhp events {dict(out.events)}"
+    )
+
+
+def nothing_loaded(c: Ctx) -> None:
+    """No crash kernel: the same burst needs no reload, and `crashhp status` says CRITICAL."""
+    g = c.g
+    g.fresh_crashhp("none")
+    out = c.row(g.measure("D", BURST, "none", g.add_cpus_and_dimm), "nothing loaded")
+    assert out.row.reloads == 0, out.reload_log
+    assert out.events["reload_started"] == 0, dict(out.events)
+    assert out.events["not_loaded"] >= 1, dict(out.events)
+    assert out.metrics.uevents >= 2 + 2 + 16, out.metrics
+    assert out.metrics.loaded_at_end is False, out.metrics
+    rc, report = _status(g)
+    assert (rc, report["verdict"]) == (2, "CRITICAL"), report
+
+
+def _peer(c: Ctx, *, udevd_filter: bool) -> None:
+    """Debian's kdump-tools (crashhp stopped): its reloads per burst, and whether they ran."""
+    g = c.g
+    name = "peer, stock udevd" if udevd_filter else "peer, udevd filter lifted"
+    out = c.row(g.peer_burst("G", BURST, udevd_filter=udevd_filter), name)
+    assert out.metrics.uevents >= 2 + 2 + 16, out.metrics
+    assert out.row.reloads >= 1, "the peer's udev rules never ran kdump-config"
+    restore = out.metrics.restore_ms
+    c.summary.append(
+        f"{c.kernel}: {name}: {out.row.reloads} reloads for {out.metrics.uevents} uevents, "
+        f"{out.peer_failed} failed; {out.metrics.unloaded_ms:.0f} ms with no crash kernel; "
+        f"last uevent -> loaded {'never' if restore is None else f'{restore:.0f} ms'}; "
+        f"loaded at the end: {out.metrics.loaded_at_end}"
+    )
+
+
+def peer_stock_udevd(c: Ctx) -> None:
+    _peer(c, udevd_filter=True)
+
+
+def peer_filter_lifted(c: Ctx) -> None:
+    _peer(c, udevd_filter=False)
+
+
+def _read(g: Guest, path: str) -> str:
+    return g.vm.agent.read_text(path).strip()
+
+
+def kexec_sysfs(c: Ctx) -> None:
+    """7.x: /sys/kernel/kexec/ and the old names, through each way of loading."""
+    g = c.g
+    listing = g.sh(f"cd {KEXEC_DIR} && stat -c '%n %a %F' *").splitlines()
+    c.summary.append(f"{c.kernel}: {KEXEC_DIR}/: " + "; ".join(listing))
+    present = {line.split()[0] for line in listing}
+    assert set(KEXEC_FILES) <= present, listing
+    links = {
+        old: g.sh(f"if [ -L {old} ]; then readlink {old}; else echo not-a-link; fi").strip()
+        for old in OLD_NAMES
+    }
+    shown = "; ".join(f"{old} -> {target}" for old, target in links.items())
+    c.summary.append(f"{c.kernel}: old names: {shown}")
+    for old, new in OLD_NAMES.items():
+        assert links[old].endswith(f"kexec/{new}"), links
+    assert int(_read(g, f"{KEXEC_DIR}/crash_size")) == CRASHKERNEL_BYTES
+    seen = []
+    for mode, want in (("none", "0/0"), ("classic", "0/0"), ("hotplug", "1/1"), ("file", "1/1")):
+        g.load(mode)
+        crash_loaded = _read(g, f"{KEXEC_DIR}/crash_loaded")
+        assert crash_loaded == _read(g, "/sys/kernel/kexec_crash_loaded")
+        assert crash_loaded == ("0" if mode == "none" else "1"), (mode, crash_loaded)
+        hotplug = "/".join(g.crash_hotplug())
+        assert hotplug == want, (mode, hotplug)
+        size = int(_read(g, f"{KEXEC_DIR}/crash_elfcorehdr_size"))
+        assert size > 0
+        seen.append(f"{mode}: crash_loaded {crash_loaded}, crash_hotplug {hotplug}, size {size}")
+    c.summary.append(f"{c.kernel}: " + "; ".join(seen))
+    cma = _read(g, f"{KEXEC_DIR}/crash_cma_ranges")
+    c.summary.append(f"{c.kernel}: crash_cma_ranges {cma!r}")
+    # Today's crashhp reads the old names (symlinks here): it must see the file load.
+    g.crashhp_start()
+    rc, report = _status(g)
+    assert (rc, report["verdict"]) == (0, "OK"), report
+    c.summary.append(f"{c.kernel}: crashhp status with kexec -s -p: {report['verdict']}")
+
+
+# ---- the matrix -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Step:
+    run: Callable[[Ctx], None]
+    full: bool = False  # only in `make system-full`
+
+    @property
+    def name(self) -> str:
+        return self.run.__name__
+
+
+MATRIX: dict[str, tuple[Step, ...]] = {
+    "bookworm-6.1": (
+        Step(kexec_load_burst),
+        Step(nothing_loaded),
+        Step(peer_stock_udevd),
+        Step(peer_filter_lifted, full=True),
+    ),
+    "trixie-6.12": (Step(kexec_load_burst), Step(nothing_loaded)),
+    "trixie-7.3": (Step(kexec_sysfs), Step(kexec_load_burst), Step(nothing_loaded)),
+}
+PARAMS = [
+    pytest.param(
+        kernel,
+        step,
+        id=f"{kernel}-{step.name}",
+        marks=[pytest.mark.system_full] if step.full else [],
+    )
+    for kernel, steps in MATRIX.items()
+    for step in steps
+]
+
+
+@pytest.mark.parametrize(("kernel", "step"), PARAMS)
+def test_matrix(
+    pool: GuestPool, rows: list[Row], summary: list[str], kernel: str, step: Step
+) -> None:
+    g = pool.get(f"matrix-{kernel}", flavour=flavours.FLAVOURS[kernel])
+    assert re.match(RELEASE[kernel], g.kver), f"{kernel} booted {g.kver}"
+    step.run(Ctx(kernel, g, rows, summary))
