@@ -22,6 +22,11 @@ _TIMINGS: list[str] = []
 _SUMMARY: list[str] = []
 
 
+def _present(a: assets_mod.Assets) -> bool:
+    files = (a.vmlinuz, a.rootfs_cpio, a.acpi_cpio, a.kernel_cpio)
+    return all(f.exists() for f in files if f is not None)
+
+
 class GuestPool:
     """Keeps one guest alive between tests; boots a new one when another kind is asked for."""
 
@@ -39,7 +44,10 @@ class GuestPool:
         stale = self.vm is not None and fresh_cpus and self.vm.cpu_removed
         if self.guest is None or self.kind != kind or stale:
             self.close()
-            if flavour not in self._flavours:
+            known = self._flavours.get(flavour)
+            # Another checkout's run can prune a build this session still holds (the shared
+            # cache keeps one ACPI override per QEMU setup): then build or find it again.
+            if known is None or not _present(known):
                 started = time.monotonic()
                 self._flavours[flavour] = flavours.ensure(flavour)
                 took = time.monotonic() - started

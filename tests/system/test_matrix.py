@@ -29,6 +29,7 @@ import pytest
 from tests.system import flavours
 from tests.system.measure import Row
 from tests.system.scenarios import Guest, Outcome
+from tests.system.vm import GUEST_PYTHONPATH
 
 if TYPE_CHECKING:
     from tests.system.conftest import GuestPool
@@ -59,6 +60,7 @@ CRASHKERNEL_BYTES = 256 << 20
 class Ctx:
     kernel: str
     g: Guest
+    pool: GuestPool  # a step that ends the guest (the dump check) closes it here
     rows: list[Row]
     summary: list[str]
 
@@ -83,6 +85,35 @@ def _status(g: Guest) -> tuple[int | None, dict[str, Any]]:
 
 
 # ---- the steps ------------------------------------------------------------------------------
+
+SYSTEMD = {"bookworm-6.1": "252", "trixie-6.12": "257", "trixie-7.3": "257"}
+# Bookworm's python3-pydantic and -structlog are too old: crashhp must get the pinned wheels.
+DEPS = {"bookworm-6.1": ("2.10.6", "25.3.0", "/opt/crashhp-deps/")}
+PROBE = (
+    "import sys, pydantic, structlog; "
+    "print(sys.version.split()[0], pydantic.VERSION, structlog.__version__, pydantic.__file__)"
+)
+
+
+def boot_facts(c: Ctx) -> None:
+    """What this boot is: systemd, Python and crashhp's dependencies, memory auto-online,
+    the hot-pluggable CPUs the kernel counted (the ACPI override at work or not needed)."""
+    g = c.g
+    systemd = g.sh("systemctl --version | head -1").split()[1]
+    assert systemd == SYSTEMD[c.kernel], systemd
+    # With the PYTHONPATH of the guest's crashhp launcher.
+    probe = g.vm.agent.run(["env", f"PYTHONPATH={GUEST_PYTHONPATH}", "python3", "-c", PROBE], 60)
+    python, pydantic, structlog, where = probe.check().stdout.split()
+    if c.kernel in DEPS:
+        assert (pydantic, structlog) == DEPS[c.kernel][:2], probe.stdout
+        assert where.startswith(DEPS[c.kernel][2]), where
+    hotplug_cpus = g.sh("dmesg | grep -o 'plus [0-9]* hotplug CPUs' || true").strip()
+    c.summary.append(
+        f"{c.kernel}: {g.kver}, booted in {g.vm.boot_s:.1f} s, systemd {systemd}, "
+        f"Python {python}, pydantic {pydantic}, structlog {structlog} ({where.rsplit('/', 2)[0]}); "
+        f"auto_online_blocks {g.auto_online}; {hotplug_cpus or 'no hotplug CPU count in dmesg'}; "
+        f"ACPI override {'yes' if g.vm.acpi_fix else 'no'}"
+    )
 
 
 def kexec_load_burst(c: Ctx) -> None:
@@ -200,13 +231,19 @@ class Step:
 
 MATRIX: dict[str, tuple[Step, ...]] = {
     "bookworm-6.1": (
+        Step(boot_facts),
         Step(kexec_load_burst),
         Step(nothing_loaded),
         Step(peer_stock_udevd),
         Step(peer_filter_lifted, full=True),
     ),
-    "trixie-6.12": (Step(kexec_load_burst), Step(nothing_loaded)),
-    "trixie-7.3": (Step(kexec_sysfs), Step(kexec_load_burst), Step(nothing_loaded)),
+    "trixie-6.12": (Step(boot_facts), Step(kexec_load_burst), Step(nothing_loaded)),
+    "trixie-7.3": (
+        Step(boot_facts),
+        Step(kexec_sysfs),
+        Step(kexec_load_burst),
+        Step(nothing_loaded),
+    ),
 }
 PARAMS = [
     pytest.param(
@@ -226,4 +263,4 @@ def test_matrix(
 ) -> None:
     g = pool.get(f"matrix-{kernel}", flavour=flavours.FLAVOURS[kernel])
     assert re.match(RELEASE[kernel], g.kver), f"{kernel} booted {g.kver}"
-    step.run(Ctx(kernel, g, rows, summary))
+    step.run(Ctx(kernel, g, pool, rows, summary))
