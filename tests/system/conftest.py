@@ -44,20 +44,26 @@ class GuestPool:
         stale = self.vm is not None and fresh_cpus and self.vm.cpu_removed
         if self.guest is None or self.kind != kind or stale:
             self.close()
-            known = self._flavours.get(flavour)
-            # Another checkout's run can prune a build this session still holds (the shared
-            # cache keeps one ACPI override per QEMU setup): then build or find it again.
-            if known is None or not _present(known):
-                started = time.monotonic()
-                self._flavours[flavour] = flavours.ensure(flavour)
-                took = time.monotonic() - started
-                _TIMINGS.append(f"assets {flavour.name}: built or reused in {took:.0f} s")
-            self.vm = Vm(self._flavours[flavour], name=kind)
+            self.vm = Vm(self.assets_for(flavour), name=kind)
             self.vm.__enter__()
-            _TIMINGS.append(f"VM {kind}: booted in {self.vm.boot_s:.1f} s (logs in {self.vm.dir})")
+            _TIMINGS.append(
+                f"VM {kind}: booted in {self.vm.boot_s:.1f} s after waiting "
+                f"{self.vm.lock_wait_s:.0f} s for other guests (logs in {self.vm.dir})"
+            )
             self.guest = Guest(self.vm)
             self.kind = kind
         return self.guest
+
+    def assets_for(self, flavour: flavours.Flavour) -> assets_mod.Assets:
+        known = self._flavours.get(flavour)
+        # Another checkout's run can prune a build this session still holds (the shared
+        # cache keeps one ACPI override per QEMU setup): then build or find it again.
+        if known is None or not _present(known):
+            started = time.monotonic()
+            known = self._flavours[flavour] = flavours.ensure(flavour)
+            took = time.monotonic() - started
+            _TIMINGS.append(f"assets {flavour.name}: built or reused in {took:.0f} s")
+        return known
 
     def close(self) -> None:
         if self.vm is not None:

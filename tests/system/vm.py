@@ -333,6 +333,7 @@ class Vm:
         self._qmp: Qmp | None = None
         self._agent: Agent | None = None
         self.boot_s = 0.0
+        self.lock_wait_s = 0.0  # waited for another user's guest before booting
         self.cpus_plugged: set[int] = set()
         self.cpu_removed = False
         self.dimms: set[int] = set()
@@ -379,7 +380,9 @@ class Vm:
     def start(self) -> None:
         if shutil.which(QEMU) is None:
             raise VmError(f"{QEMU} not found: install qemu-system-x86 (make setup)")
+        waiting = time.monotonic()
         self._take_qemu_lock()
+        self.lock_wait_s = time.monotonic() - waiting
         started = time.monotonic()
         initrd = self.dir / "initrd.cpio"
         with initrd.open("wb") as out:
