@@ -21,7 +21,8 @@ lint:
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
-	.venv/bin/mypy packaging/gen_config.py packaging/check_deb_trixie.py
+	.venv/bin/mypy packaging/gen_config.py packaging/check_deb_trixie.py packaging/bookworm_root.py \
+		packaging/flavours.py packaging/unitfile.py packaging/vendor.py
 
 unit:
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
