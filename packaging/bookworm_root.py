@@ -43,8 +43,17 @@ from tests.system.assets import (  # noqa: E402
 SUITE = "bookworm"
 # Installed by debootstrap: what a fresh Debian 12 system has that minbase lacks.
 INCLUDED = ("systemd-sysv", "udev", "kexec-tools")
-# Downloaded, not installed: what `apt install ./crashhp_*.deb` will have to install.
-DOWNLOADED = ("python3", "python3-pyudev", "python3-systemd")
+# Downloaded, not installed: what `apt install ./crashhp_*.deb` will have to install,
+# and bookworm's own (too old) pydantic and structlog, which the check installs next to
+# crashhp to show that its vendored copies still win.
+DOWNLOADED = (
+    "procps",
+    "python3",
+    "python3-pyudev",
+    "python3-systemd",
+    "python3-pydantic",
+    "python3-structlog",
+)
 # Bump when the recipe changes in a way the tuples above do not show.
 RECIPE_VERSION = 1
 

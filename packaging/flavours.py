@@ -32,6 +32,10 @@ from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "packaging"))
+
+import unitfile  # noqa: E402
+
 PACKAGING = REPO / "packaging"
 VENDOR_DIR = "/usr/lib/crashhp/vendor"
 
@@ -152,12 +156,25 @@ def changelog_for(changelog: str, flavour: Flavour) -> str:
     return entry + changelog
 
 
+def needs_kill(unit: str) -> bool:
+    """Whether the unit runs /bin/kill (procps: not in a minbase system)."""
+    return re.search(r"^Exec[A-Za-z]*=[-@:+!]*/(?:usr/)?bin/kill\b", unit, flags=re.M) is not None
+
+
+def with_procps(control: str) -> str:
+    return _sub(r"^(Depends:\n)", r"\1 procps,\n", control, "Depends")
+
+
 def prepare(flavour: Flavour, tree: Path) -> None:
     """Rewrite the build tree's debian/ (a copy of packaging/debian) into the flavour."""
     debian = tree / "debian"
     for name, rewrite in (("control", control_for), ("changelog", changelog_for)):
         path = debian / name
         path.write_text(rewrite(path.read_text(encoding="utf-8"), flavour), encoding="utf-8")
+    unit = (tree / "systemd" / "crashhp.service").read_text(encoding="utf-8")
+    if needs_kill(unitfile.for_systemd(unit, flavour.systemd)):
+        path = debian / "control"
+        path.write_text(with_procps(path.read_text(encoding="utf-8")), encoding="utf-8")
     settings = [f"CRASHHP_SYSTEMD = {flavour.systemd}"]
     if flavour.vendor is not None:
         settings.append(f"CRASHHP_VENDOR = {VENDOR_DIR}")

@@ -362,6 +362,15 @@ def test_debian_rules_builds_the_unit_through_the_transform() -> None:
         rules,
     )
     assert "packaging/unitfile.py" in (PACKAGING / "build-deb").read_text(encoding="utf-8")
+    spec = SPEC.read_text(encoding="utf-8")
+    assert re.search(
+        r'^%\{python3\} packaging/unitfile\.py --systemd "\$systemd_version" '
+        r"systemd/crashhp\.service > crashhp\.service$",
+        spec,
+        flags=re.M,
+    )
+    assert "install -Dpm 0644 crashhp.service %{buildroot}%{_unitdir}/" in spec
+    assert "packaging/unitfile.py" in (PACKAGING / "build-rpm").read_text(encoding="utf-8")
 
 
 def test_bookworm_control_vendors_and_is_amd64() -> None:
@@ -455,3 +464,45 @@ def test_vendor_cache_is_keyed_on_the_hash(tmp_path: Path) -> None:
     assert vendor.ensure([pin], tmp_path) == [tmp_path / digest / "a-1.0-py3-none-any.whl"]
     (tmp_path / digest / "a-1.0-py3-none-any.whl").write_bytes(b"tampered")
     assert vendor.cached(pin, tmp_path) is None
+
+
+def _host_systemd() -> int:
+    if shutil.which("systemctl") is None or shutil.which("systemd-analyze") is None:
+        return 0
+    out = subprocess.run(
+        ["systemctl", "--version"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout
+    match = re.match(r"systemd (\d+)", out)
+    return int(match.group(1)) if match else 0
+
+
+@pytest.mark.skipif(not 0 < _host_systemd() < 253, reason="needs a host with systemd < 253")
+def test_systemd_before_253_parses_the_transformed_unit_cleanly(tmp_path: Path) -> None:
+    """This host's own systemd (Debian 12: 252) rejects the untransformed lines."""
+    unitfile = _load("unitfile")
+    unit = _as_notify_reload(UNIT.read_text(encoding="utf-8"))
+    unit = re.sub(r"^ExecStart=.*$", "ExecStart=/bin/true", unit, flags=re.M)
+    unit = re.sub(r"^ProtectControlGroups=.*$", "ProtectControlGroups=private", unit, flags=re.M)
+
+    def verify(text: str) -> str:
+        path = tmp_path / "crashhp-unit-check.service"
+        path.write_text(text, encoding="utf-8")
+        return subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stderr
+
+    assert "Failed to parse service type" in verify(unit)
+    assert verify(unitfile.for_systemd(unit, _host_systemd())) == ""
+
+
+def test_procps_only_when_the_unit_runs_kill() -> None:
+    flavours = _load("flavours")
+    assert flavours.needs_kill("[Service]\nExecReload=/bin/kill -HUP $MAINPID\n")
+    assert flavours.needs_kill("[Service]\nExecReload=-/usr/bin/kill -s HUP $MAINPID\n")
+    assert not flavours.needs_kill("[Service]\nType=notify-reload\n# /bin/kill\n")
+    control = (DEBIAN / "control").read_text(encoding="utf-8")
+    assert "\nDepends:\n procps,\n" in flavours.with_procps(control)
