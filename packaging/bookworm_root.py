@@ -28,10 +28,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "packaging"))
+
+from check_deb_trixie import CheckFailed, Root  # noqa: E402
 
 from tests.system.assets import (  # noqa: E402
     KEYRING,
-    TIMEOUT_APT_S,
     TIMEOUT_DEBOOTSTRAP_S,
     Apt,
     cache_root,
@@ -92,25 +94,6 @@ def archive_versions(apt: Apt, packages: list[str]) -> dict[str, str]:
     return apt.versions(packages)
 
 
-def chroot(root: Path, *argv: str, timeout: float = TIMEOUT_APT_S) -> None:
-    """Run argv chrooted, with its own /proc (a private mount namespace)."""
-    script = 'mount -t proc proc "$1/proc" && shift && exec chroot "$@"'
-    proc = subprocess.run(
-        ["unshare", "--mount", "--fork", "sh", "-c", script, "sh", str(root), str(root), *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            "LC_ALL": "C.UTF-8",
-            "DEBIAN_FRONTEND": "noninteractive",
-        },
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
-
-
 def build(tarball: Path, mirror: str) -> None:
     tmp = tarball.parent / "tmp-root"
     if tmp.exists():
@@ -132,8 +115,12 @@ def build(tarball: Path, mirror: str) -> None:
     log(f"debootstrap done in {time.monotonic() - start:.0f} s")
     for deb in (tmp / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()  # debootstrap's own downloads: installed already
-    chroot(tmp, "apt-get", "-qq", "update")
-    chroot(tmp, "apt-get", "-qq", "install", "--download-only", "-y", *DOWNLOADED)
+    root = Root(tmp)
+    try:
+        root.run("apt-get", "-qq", "update")
+        root.run("apt-get", "-qq", "install", "--download-only", "-y", *DOWNLOADED)
+    except CheckFailed as exc:
+        raise RuntimeError(str(exc)) from exc
     part = tarball.with_suffix(".part")
     run(
         ["tar", "--zstd", "--numeric-owner", "--xattrs", "-C", str(tmp), "-cf", str(part), "."],

@@ -506,3 +506,32 @@ def test_procps_only_when_the_unit_runs_kill() -> None:
     assert not flavours.needs_kill("[Service]\nType=notify-reload\n# /bin/kill\n")
     control = (DEBIAN / "control").read_text(encoding="utf-8")
     assert "\nDepends:\n procps,\n" in flavours.with_procps(control)
+
+
+@pytest.mark.parametrize("name", ["trixie", "bookworm"])
+def test_prepare_rewrites_a_build_tree_into_the_flavour(tmp_path: Path, name: str) -> None:
+    flavours = _load("flavours")
+    unitfile = _load("unitfile")
+    flavour = flavours.FLAVOURS[name]
+    shutil.copytree(DEBIAN, tmp_path / "debian")
+    shutil.copytree(REPO / "systemd", tmp_path / "systemd")
+    flavours.prepare(flavour, tmp_path)
+    debian = tmp_path / "debian"
+    settings = (debian / "flavour.mk").read_text(encoding="utf-8").splitlines()
+    assert settings[0] == f"CRASHHP_SYSTEMD = {flavour.systemd}"
+    control = (debian / "control").read_text(encoding="utf-8")
+    unit = unitfile.for_systemd(UNIT.read_text(encoding="utf-8"), flavour.systemd)
+    assert ("\n procps,\n" in control) == flavours.needs_kill(unit)
+    copyright_text = (debian / "copyright").read_text(encoding="utf-8")
+    overrides = (debian / "crashhp.lintian-overrides").read_text(encoding="utf-8")
+    if flavour.vendor is None:
+        assert settings == [f"CRASHHP_SYSTEMD = {flavour.systemd}"]
+        assert not (debian / "vendor.txt").exists()
+        assert "vendor" not in copyright_text + overrides
+    else:
+        assert settings[1] == "CRASHHP_VENDOR = /usr/lib/crashhp/vendor"
+        assert (debian / "vendor.txt").read_bytes() == (REPO / flavour.vendor).read_bytes()
+        assert "Files: usr/lib/crashhp/vendor/pydantic_core/*" in copyright_text
+        assert "hardening-no-fortify-functions [usr/lib/crashhp/vendor/" in overrides
+        first = (debian / "changelog").read_text(encoding="utf-8").partition("\n")[0]
+        assert first.startswith(f"crashhp ({flavours.base_version()}~deb12u1) bookworm;")
