@@ -178,6 +178,7 @@ def prepare(flavour: Flavour, tree: Path) -> None:
     settings = [f"CRASHHP_SYSTEMD = {flavour.systemd}"]
     if flavour.vendor is not None:
         settings.append(f"CRASHHP_VENDOR = {VENDOR_DIR}")
+        settings.append(f"CRASHHP_PYTHON = {flavour.python}")
         (debian / "vendor.txt").write_bytes((REPO / flavour.vendor).read_bytes())
         for name, extra in (("copyright", "copyright"), ("crashhp.lintian-overrides", "lintian")):
             path = debian / name

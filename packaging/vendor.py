@@ -33,9 +33,17 @@ from tests.system.assets import cache_root
 
 TIMEOUT_PIP_S = 600
 INDEX = "https://pypi.org/simple"
-# The target of the only vendoring flavour today: bookworm's python3 on amd64.
+# The defaults: the only vendoring flavour today, bookworm's python3 on amd64.
 PYTHON_VERSION = "3.11"
 PLATFORM = "manylinux2014_x86_64"
+
+
+@dataclass(frozen=True)
+class Target:
+    """The Python and platform the wheels are for (not this host's)."""
+
+    python: str = PYTHON_VERSION
+    platform: str = PLATFORM
 
 
 class VendorError(Exception):
@@ -91,7 +99,7 @@ def cached(pin: Pin, cache: Path) -> Path | None:
     return None
 
 
-def download(pins: Sequence[Pin], cache: Path) -> None:
+def download(pins: Sequence[Pin], cache: Path, target: Target) -> None:
     """pip download the pins from PyPI, check each hash, then move them into the cache."""
     with tempfile.TemporaryDirectory(prefix="crashhp-wheels.") as tmp:
         reqs = Path(tmp) / "requirements.txt"
@@ -106,10 +114,10 @@ def download(pins: Sequence[Pin], cache: Path) -> None:
                 "--require-hashes",
                 "--no-deps",
                 "--only-binary=:all:",
-                f"--python-version={PYTHON_VERSION}",
+                f"--python-version={target.python}",
                 "--implementation=cp",
-                f"--abi=cp{PYTHON_VERSION.replace('.', '')}",
-                f"--platform={PLATFORM}",
+                f"--abi=cp{target.python.replace('.', '')}",
+                f"--platform={target.platform}",
                 f"--index-url={INDEX}",
                 "--no-cache-dir",
                 "--dest",
@@ -136,17 +144,17 @@ def download(pins: Sequence[Pin], cache: Path) -> None:
             digest = sha256_of(wheel)
             if digest not in by_hash:
                 raise VendorError(f"{wheel.name}: sha256 {digest} is not pinned")
-            target = cache / digest
-            target.mkdir(parents=True, exist_ok=True)
-            shutil.move(wheel, target / wheel.name)
+            keyed = cache / digest
+            keyed.mkdir(parents=True, exist_ok=True)
+            shutil.move(wheel, keyed / wheel.name)
 
 
-def ensure(pins: Sequence[Pin], cache: Path) -> list[Path]:
+def ensure(pins: Sequence[Pin], cache: Path, target: Target | None = None) -> list[Path]:
     """The cached wheel of every pin, downloading the missing ones."""
     missing = [pin for pin in pins if cached(pin, cache) is None]
     if missing:
         print(f"vendor: downloading {', '.join(p.name for p in missing)} from {INDEX}")
-        download(missing, cache)
+        download(missing, cache, target or Target())
     wheels: list[Path] = []
     for pin in pins:
         wheel = cached(pin, cache)
@@ -160,9 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("requirements", type=Path)
     parser.add_argument("--into", type=Path, help="copy the wheels into this directory")
+    parser.add_argument("--python-version", default=PYTHON_VERSION, help="the target's python3")
+    parser.add_argument("--platform", default=PLATFORM, help="the target's wheel platform tag")
     args = parser.parse_args(argv)
+    target = Target(args.python_version, args.platform)
     try:
-        wheels = ensure(parse(args.requirements.read_text(encoding="utf-8")), cache_dir())
+        pins = parse(args.requirements.read_text(encoding="utf-8"))
+        wheels = ensure(pins, cache_dir(), target)
     except (VendorError, OSError, subprocess.TimeoutExpired) as exc:
         print(f"vendor: {exc}", file=sys.stderr)
         return 1
