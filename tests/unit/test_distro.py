@@ -266,6 +266,9 @@ def test_kdump_config_reload_takes_kdump_tools_lock(tmp_path: Path) -> None:
     )
     # kexec_cmd lives in KDUMP_COREDIR too
     assert reload.upgrade_plan(DEFAULT, **tree).fallback is not None
+    # Without flock(1) (util-linux), as before: the tool alone.
+    (Path(tree["path"]) / "flock").unlink()
+    assert reload.plan(DEFAULT, **tree).steps == ((f"{tree['path']}/kdump-config", "reload"),)
 
 
 def refusal(config: Config, tree: dict[str, Any]) -> str:
