@@ -58,6 +58,11 @@ SYSCALL_OPTIONS = frozenset(
 _PANIC = frozenset({"-p", "--load-panic"})
 _CMDLINE = ("--command-line", "--append")
 _INITRD = ("--initrd", "--ramdisk")
+# What kdump-config's sed takes out of /proc/cmdline (`(crashkernel|hugepages|...)=`).
+_SED_REMOVED = frozenset({"crashkernel", "hugepages", "hugepagesz", "abm"})
+# kdump-tools loads early in boot, maybe before the clock is stepped (NTP, a drifting RTC),
+# which moves /proc/stat's btime: a record this much older than btime still counts.
+CLOCK_STEP_SLACK_S = 120
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPERATORS = frozenset(";&|<>()")
 
@@ -369,13 +374,14 @@ def read_kdump_tools(root: Path = Path("/")) -> KdumpTools:
     return KdumpTools(parse_assignments(text, KDUMP_TOOLS_SETTINGS))
 
 
-def check_recorded(recorded: Recorded, tools: KdumpTools) -> None:
-    """The record is what kdump-config builds from today's settings. Pure.
+def check_recorded(recorded: Recorded, tools: KdumpTools, proc_cmdline: str) -> None:
+    """The record is what kdump-config builds in this boot from today's settings. Pure.
 
     kdump-config ends the command line with KDUMP_CMDLINE_APPEND (whose
-    ``systemd.unit=kdump-tools-dump.service`` is what saves the dump), replaces
-    /proc/cmdline by KDUMP_CMDLINE when set, and adds KDUMP_KEXEC_ARGS as they are.
-    A record that disagrees was made under other settings: its dump path is not the
+    ``systemd.unit=kdump-tools-dump.service`` is what saves the dump), begins it with
+    KDUMP_CMDLINE or else with this boot's /proc/cmdline less crashkernel=, hugepages=,
+    hugepagesz= and abm=, and adds KDUMP_KEXEC_ARGS as they are. A record that
+    disagrees was made under other settings or another boot: its dump path is not the
     admin's current one, so crashhp does not repeat it.
     """
     advice = "run `kdump-config reload` so that it records a load under today's settings"
@@ -391,6 +397,14 @@ def check_recorded(recorded: Recorded, tools: KdumpTools) -> None:
         raise DumpCommandUnknown(
             f"{recorded.source}: its command line is not KDUMP_CMDLINE plus "
             f"KDUMP_CMDLINE_APPEND of {KDUMP_TOOLS_SETTINGS}; {advice}"
+        )
+    running = [
+        w for w in proc_cmdline.split() if w.partition("=")[0] not in _SED_REMOVED or "=" not in w
+    ]
+    if not cmdline and words != [*running, *append]:
+        raise DumpCommandUnknown(
+            f"{recorded.source}: its command line is not this boot's /proc/cmdline (less "
+            f"crashkernel= and the like) plus KDUMP_CMDLINE_APPEND; {advice}"
         )
     args = tools.settings.get("KDUMP_KEXEC_ARGS", "").split()
     kept = [a for a in args if a not in SYSCALL_OPTIONS and a not in _PANIC]
@@ -440,13 +454,17 @@ def kdump_tools_command(root: Path = Path("/"), procfs: Path = Path("/proc")) ->
     booted = boot_time(procfs)
     if booted is None:
         raise DumpCommandUnknown("cannot read the boot time (btime of /proc/stat)")
-    if mtime < booted:
+    if mtime < booted - CLOCK_STEP_SLACK_S:
         raise DumpCommandUnknown(
             f"{shown} was written before this boot: kdump-config has not loaded "
             "a crash kernel since"
         )
     recorded = parse_recorded(split_command(read_text(path, shown), shown), shown)
-    check_recorded(recorded, tools)
+    try:
+        proc_cmdline = (procfs / "cmdline").read_text()
+    except OSError as exc:
+        raise DumpCommandUnknown(f"cannot read /proc/cmdline: {exc.strerror}") from None
+    check_recorded(recorded, tools, proc_cmdline)
     recorded = dataclasses.replace(recorded, lock=tools.lock)
     for what, file in (("kernel", recorded.kernel), ("initrd", recorded.initrd)):
         if file is not None and not under(root, file).exists():

@@ -167,21 +167,29 @@ def test_records_that_are_no_plain_crash_load_are_refused(command: str, message:
 
 def test_a_record_must_agree_with_the_settings() -> None:
     rec = distro.parse_recorded(list(RECORDED), "kexec_cmd")
-    distro.check_recorded(rec, distro.KdumpTools({}))
+    distro.check_recorded(rec, distro.KdumpTools({}), RUNNING)
     with pytest.raises(DumpCommandUnknown, match="does not end with KDUMP_CMDLINE_APPEND"):
-        distro.check_recorded(rec, distro.KdumpTools({"KDUMP_CMDLINE_APPEND": "nr_cpus=1"}))
+        distro.check_recorded(
+            rec, distro.KdumpTools({"KDUMP_CMDLINE_APPEND": "nr_cpus=1"}), RUNNING
+        )
     with pytest.raises(DumpCommandUnknown, match="not KDUMP_CMDLINE plus"):
-        distro.check_recorded(rec, distro.KdumpTools({"KDUMP_CMDLINE": "root=/dev/vda"}))
+        distro.check_recorded(rec, distro.KdumpTools({"KDUMP_CMDLINE": "root=/dev/vda"}), RUNNING)
     mine = {"KDUMP_CMDLINE": RUNNING}
-    distro.check_recorded(rec, distro.KdumpTools(mine))
+    distro.check_recorded(rec, distro.KdumpTools(mine), "other")
     with pytest.raises(DumpCommandUnknown, match=r"KDUMP_KEXEC_ARGS .* are not in it"):
-        distro.check_recorded(rec, distro.KdumpTools({"KDUMP_KEXEC_ARGS": "--elf64-core-headers"}))
+        distro.check_recorded(
+            rec, distro.KdumpTools({"KDUMP_KEXEC_ARGS": "--elf64-core-headers"}), RUNNING
+        )
+    # This boot's /proc/cmdline, less what kdump-config's sed removes, begins it.
+    distro.check_recorded(rec, distro.KdumpTools({}), f"crashkernel=256M {RUNNING} hugepages=4")
+    with pytest.raises(DumpCommandUnknown, match="not this boot's /proc/cmdline"):
+        distro.check_recorded(rec, distro.KdumpTools({}), f"{RUNNING} console=ttyS0")
     # crashhp's own guess of old: no systemd.unit=, so the crash boot would save nothing.
     guess = distro.parse_recorded(
         ["/sbin/kexec", "-p", f"--append={RUNNING} irqpoll nr_cpus=1 reset_devices", "/v"], "f"
     )
     with pytest.raises(DumpCommandUnknown, match=r"systemd\.unit=kdump-tools-dump\.service"):
-        distro.check_recorded(guess, distro.KdumpTools({}))
+        distro.check_recorded(guess, distro.KdumpTools({}), RUNNING)
 
 
 def executable(path: Path, text: str) -> Path:
@@ -284,7 +292,9 @@ def refusal(config: Config, tree: dict[str, Any]) -> str:
 def test_no_record_from_this_boot_no_crashhp_load(tmp_path: Path) -> None:
     tree = debian(tmp_path)
     record = tree["root"] / "var/crash/kexec_cmd"
-    os.utime(record, (BTIME - 60, BTIME - 60))
+    os.utime(record, (BTIME - 60, BTIME - 60))  # the clock stepped after the load
+    assert reload.upgrade_unavailable(DEFAULT, **tree) is None
+    os.utime(record, (BTIME - 600, BTIME - 600))
     assert "written before this boot" in refusal(DEFAULT, tree)
     record.unlink()
     assert "kdump-tools recorded no kexec command (/var/crash/kexec_cmd is missing)" in refusal(
