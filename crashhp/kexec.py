@@ -271,7 +271,8 @@ def resolve(
         initrd=recorded.initrd,
         cmdline=recorded.cmdline,
         source=recorded.source,
-        program=recorded.argv[0],
+        # The recorded kexec, unless the admin named another in kexec.program.
+        program=recorded.argv[0] if settings.program == Kexec().program else None,
         extra=recorded.extra,
         cmdline_option=recorded.cmdline_option,
         recorded=recorded.argv,

@@ -240,6 +240,13 @@ def test_method_kexec_repeats_kdump_tools_load_hotplug_capably(tmp_path: Path) -
     # The recorded command with only the syscall options chosen by crashhp, under the
     # lock kdump-config's own try-reload takes.
     assert plan.steps == ((*flock, "/sbin/kexec", "-p", "-c", "--hotplug", *RECORDED[2:]),)
+    # An admin's kexec.program runs crashhp's loads; the fallback stays the record.
+    mine = str(tree["root"] / "sbin/kexec")
+    own = Config.model_validate({"kexec": {"program": mine}})
+    plan = reload.upgrade_plan(own, **tree)
+    assert plan.steps == ((*flock, mine, "-p", "-c", "--hotplug", *RECORDED[2:]),)
+    assert plan.fallback is not None
+    assert plan.fallback.steps == ((*flock, *RECORDED),)
 
 
 def test_upgrade_falls_back_to_exactly_the_recorded_load(tmp_path: Path) -> None:
