@@ -113,6 +113,7 @@ def _status(config_file: Path | None, *, as_json: bool) -> int:
         method,
         error,
         peers=find_peer_rules(default_rule_dirs()),
+        upgrade_error=reload.upgrade_unavailable(loaded.config),
     )
     print(json.dumps(report, indent=2) if as_json else status.render(report))
     return int(report["exit_code"])

@@ -103,12 +103,19 @@ class Reload(_Section):
 
 
 class Kexec(_Section):
-    """How crashhp loads a crash kernel itself (``reload.method = "kexec"``, upgrades)."""
+    """How crashhp loads a crash kernel itself (``reload.method = "kexec"``, upgrades).
+
+    With kernel, initrd and cmdline all "", the load is the distribution's own dump
+    command (kdump-tools' recorded one; see distro.py). Set any of them and crashhp loads
+    from these keys alone, with kernel defaulting to /boot/vmlinuz-<running release> and
+    cmdline to /proc/cmdline without crashkernel= and the like plus ``append``; the
+    initrd must then be given.
+    """
 
     program: str = "kexec"  # looked up in the sbin directories unless absolute
-    kernel: str = ""  # "" = /boot/vmlinuz-<running release>
-    initrd: str = ""  # "" = the first kdump initrd of the usual distro paths that exists
-    cmdline: str = ""  # "" = /proc/cmdline without crashkernel= and the like, plus append
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
     append: str = "irqpoll nr_cpus=1 reset_devices"
     syscall: KexecSyscall = KexecSyscall.AUTO
     hotplug: Bool = True  # pass --hotplug to kexec_load when the kernel and kexec allow it

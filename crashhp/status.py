@@ -38,16 +38,25 @@ UPGRADE_ADVICE = (
 )
 
 
+def upgrade_advice(upgrade_error: str | None) -> str:
+    """Advise the upgrade only where crashhp can repeat the distribution's dump command."""
+    if upgrade_error is None:
+        return UPGRADE_ADVICE
+    return f"no `crashhp upgrade` here: {upgrade_error}"
+
+
 def assess(
     state: KernelState,
     daemon: Mapping[str, Any] | None,
     policy: Policy,
     method_error: str | None,
     peers: Sequence[PeerRule] = (),
+    *,
+    upgrade_error: str | None = None,
 ) -> Assessment:
     """The verdict for an admin, from the kernel's files, the daemon's report and the
-    distribution's own hotplug rules."""
-    result = _assess(state, daemon, policy, method_error)
+    distribution's own hotplug rules. ``upgrade_error``: why crashhp cannot upgrade."""
+    result = _assess(state, daemon, policy, method_error, upgrade_error)
     reloading = [p for p in peers if p.reloads]
     if result.code is not Exit.OK or not reloading:
         return result
@@ -73,6 +82,7 @@ def _assess(
     daemon: Mapping[str, Any] | None,
     policy: Policy,
     method_error: str | None,
+    upgrade_error: str | None = None,
 ) -> Assessment:
     if state.crash_loaded is None:
         return Assessment(
@@ -116,13 +126,14 @@ def _assess(
         )
     running = daemon is not None
     if running and policy is not Policy.NEVER and method_error is None:
-        advice = UPGRADE_ADVICE if not unsupported else ""
+        advice = upgrade_advice(upgrade_error) if not unsupported else ""
         return Assessment(Exit.OK, f"safe: {why}; crashhp reloads it after each burst", advice)
     if not running:
         return Assessment(
             Exit.WARNING,
             f"at risk: {why}, and crashhp is not running",
-            "systemctl enable --now crashhp" + ("" if unsupported else f"; or {UPGRADE_ADVICE}"),
+            "systemctl enable --now crashhp"
+            + ("" if unsupported else f"; or {upgrade_advice(upgrade_error)}"),
         )
     if policy is Policy.NEVER:
         return Assessment(
@@ -152,8 +163,11 @@ def gather(
     method_error: str | None,
     *,
     peers: Sequence[PeerRule] = (),
+    upgrade_error: str | None = None,
 ) -> dict[str, Any]:
-    result = assess(state, daemon, loaded.config.policy, method_error, peers)
+    result = assess(
+        state, daemon, loaded.config.policy, method_error, peers, upgrade_error=upgrade_error
+    )
     return {
         "verdict": result.code.name,
         "exit_code": int(result.code),
@@ -181,6 +195,7 @@ def gather(
         ],
         "reload_method": method,
         "reload_method_error": method_error,
+        "upgrade_error": upgrade_error,
         "config": {
             "files": [str(f) for f in loaded.files],
             "values": {k: {"value": v, "from": src} for k, v, src in describe_sources(loaded)},

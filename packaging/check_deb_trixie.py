@@ -43,13 +43,16 @@ class CheckFailed(Exception):
 
 
 class Root:
-    """A throwaway trixie root; commands run chrooted, with their own /proc."""
+    """A throwaway root; commands run chrooted, with their own /proc (and /sys if asked)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, sysfs: bool = False) -> None:
         self.path = path
+        self.sysfs = sysfs
 
     def run(self, *argv: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         script = 'mount -t proc proc "$1/proc" && shift && exec chroot "$@"'
+        if self.sysfs:
+            script = 'mount -t sysfs sysfs "$1/sys" && ' + script
         here = str(self.path)
         proc = subprocess.run(
             ["unshare", "--mount", "--fork", "sh", "-c", script, "sh", here, here, *argv],
@@ -57,7 +60,11 @@ class Root:
             text=True,
             timeout=TIMEOUT_S,
             check=False,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"},
+            env={
+                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                "LC_ALL": "C.UTF-8",
+                "DEBIAN_FRONTEND": "noninteractive",
+            },
         )
         if ok and proc.returncode != 0:
             raise CheckFailed(
@@ -186,6 +193,18 @@ def checks(root: Root, deb: Path, version: str) -> list[tuple[str, Callable[[], 
     ]
 
 
+def run_checks(tag: str, todo: list[tuple[str, Callable[[], None]]]) -> int:
+    """Run the named checks in order, saying each; how many failed or were not run."""
+    for i, (name, check) in enumerate(todo):
+        try:
+            check()
+        except (CheckFailed, OSError, KeyError, subprocess.TimeoutExpired) as exc:
+            print(f"{tag}: FAIL {name}: {exc}", file=sys.stderr)
+            return len(todo) - i  # later checks build on this one
+        print(f"{tag}: ok   {name}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -197,18 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     start = time.monotonic()
     rootfs = assets.ensure(acpi_fix=False).rootfs_cpio
-    failed = 0
     with tempfile.TemporaryDirectory(prefix="crashhp-trixie.") as tmp:
         root = unpack(rootfs, Path(tmp))
         todo = checks(root, args.deb, version)
-        for i, (name, check) in enumerate(todo):
-            try:
-                check()
-            except (CheckFailed, OSError, subprocess.TimeoutExpired) as exc:
-                print(f"check-deb: FAIL {name}: {exc}", file=sys.stderr)
-                failed = len(todo) - i  # later checks build on this one
-                break
-            print(f"check-deb: ok   {name}")
+        failed = run_checks("check-deb", todo)
         passed = len(todo) - failed
     print(f"check-deb: {passed} passed, {failed} failed in {time.monotonic() - start:.0f} s")
     return 1 if failed else 0

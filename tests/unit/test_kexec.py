@@ -49,7 +49,7 @@ def argv(caps: Capabilities, syscall: KexecSyscall, hotplug: bool = True) -> lis
 
 
 def test_classic_gets_hotplug_only_when_kernel_and_tools_allow_it() -> None:
-    tail = ["--initrd=/boot/initrd", "--append=console=ttyS0", "/boot/vmlinuz"]
+    tail = ["--append=console=ttyS0", "--initrd=/boot/initrd", "/boot/vmlinuz"]
     assert argv(ALL, KexecSyscall.CLASSIC) == ["/sbin/kexec", "-p", "-c", "--hotplug", *tail]
     assert argv(ALL, KexecSyscall.CLASSIC, hotplug=False) == ["/sbin/kexec", "-p", "-c", *tail]
     assert "--hotplug" not in argv(OLD_TOOLS, KexecSyscall.CLASSIC)  # kexec would reject it
@@ -142,8 +142,8 @@ def test_reload_plan_for_method_kexec(tmp_path: Path) -> None:
             "-p",
             "-c",
             "--hotplug",
-            f"--initrd={tmp_path / 'initrd'}",
             "--append=root=/dev/vda console=ttyS0 irqpoll nr_cpus=1 reset_devices",
+            f"--initrd={tmp_path / 'initrd'}",
             str(tmp_path / "vmlinuz"),
         ),
     )

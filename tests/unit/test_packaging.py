@@ -3,10 +3,12 @@ versions and dependencies. The package builds themselves run in `make packages`.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -266,3 +268,270 @@ def test_packages_install_the_files_the_tree_has() -> None:
     rules = (DEBIAN / "rules").read_text(encoding="utf-8")
     for source in re.findall(r"install -m 0644 (\S+) debian/", rules):
         assert (REPO / source).is_file(), f"debian/rules: {source} missing"
+
+
+# ---- flavours: one packaging, a .deb per Debian release ----------------------------
+
+
+def _load(name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, PACKAGING / f"{name}.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+UNIT = REPO / "systemd" / "crashhp.service"
+
+
+def _service(unit: str) -> list[str]:
+    section = ("\n" + unit).partition("\n[Service]\n")[2].partition("\n[")[0]
+    return [line for line in section.splitlines() if line and not line.startswith("#")]
+
+
+def _as_notify_reload(unit: str) -> str:
+    """The unit as the notify-reload rework will say it (whatever systemd/ says today)."""
+    unit = re.sub(r"^Type=.*$", "Type=notify-reload", unit, flags=re.M)
+    return re.sub(r"^ExecReload=.*\n", "", unit, flags=re.M)
+
+
+@pytest.mark.parametrize("as_committed", [True, False], ids=["unit-as-is", "notify-reload"])
+def test_unit_for_systemd_252_reloads_with_a_signal(as_committed: bool) -> None:
+    unitfile = _load("unitfile")
+    unit = UNIT.read_text(encoding="utf-8")
+    unit = unit if as_committed else _as_notify_reload(unit)
+    service = _service(unitfile.for_systemd(unit, 252))
+    assert [s for s in service if s.startswith("Type=")] == ["Type=notify"]
+    assert [s for s in service if s.startswith("ExecReload=")] == [
+        "ExecReload=/bin/kill -HUP $MAINPID"
+    ]
+    assert not [s for s in service if s.startswith("ReloadSignal=")]
+
+
+def test_unit_for_newer_systemd_is_the_unit_itself() -> None:
+    unitfile = _load("unitfile")
+    unit = _as_notify_reload(UNIT.read_text(encoding="utf-8"))
+    assert unitfile.for_systemd(unit, 253) == unit
+    assert unitfile.for_systemd(unit, 257) == unit
+
+
+def test_unit_for_252_sends_the_configured_reload_signal() -> None:
+    unitfile = _load("unitfile")
+    unit = "[Service]\nType=notify-reload\nReloadSignal=SIGUSR1\nExecStart=/x\n"
+    assert unitfile.for_systemd(unit, 252).count("\n") == unit.count("\n") + 3
+    service = _service(unitfile.for_systemd(unit, 252))
+    assert service == ["Type=notify", "ExecReload=/bin/kill -USR1 $MAINPID", "ExecStart=/x"]
+
+
+def test_unit_for_252_keeps_an_explicit_exec_reload() -> None:
+    unitfile = _load("unitfile")
+    unit = "[Service]\nType=notify-reload\nExecReload=/usr/bin/true\n"
+    assert _service(unitfile.for_systemd(unit, 252)) == ["Type=notify", "ExecReload=/usr/bin/true"]
+
+
+def test_unit_without_any_reload_path_is_refused() -> None:
+    unitfile = _load("unitfile")
+    with pytest.raises(unitfile.UnitError, match="ExecReload"):
+        unitfile.for_systemd("[Service]\nType=notify\nExecStart=/x\n", 252)
+    with pytest.raises(unitfile.UnitError, match=r"\[Service\]"):
+        unitfile.for_systemd("[Unit]\nDescription=x\n", 252)
+
+
+@pytest.mark.parametrize(
+    ("line", "old"),
+    [
+        ("ProtectControlGroups=private", "ProtectControlGroups=yes"),
+        ("PrivateTmp=disconnected", "PrivateTmp=yes"),
+        ("PrivateUsers=self", "PrivateUsers=yes"),
+    ],
+)
+def test_values_newer_than_the_target_get_their_older_spelling(line: str, old: str) -> None:
+    unitfile = _load("unitfile")
+    unit = f"[Service]\nType=notify\nExecReload=/bin/kill -HUP $MAINPID\n{line}\n"
+    assert _service(unitfile.for_systemd(unit, 252))[-1] == old
+    assert _service(unitfile.for_systemd(unit, 256))[-1] == old
+    assert _service(unitfile.for_systemd(unit, 257))[-1] == line
+
+
+def test_debian_rules_builds_the_unit_through_the_transform() -> None:
+    rules = (DEBIAN / "rules").read_text(encoding="utf-8")
+    assert re.search(
+        r"python3 packaging/unitfile\.py --systemd \$\(CRASHHP_SYSTEMD\) systemd/crashhp\.service",
+        rules,
+    )
+    assert "packaging/unitfile.py" in (PACKAGING / "build-deb").read_text(encoding="utf-8")
+    spec = SPEC.read_text(encoding="utf-8")
+    assert re.search(
+        r'^%\{python3\} packaging/unitfile\.py --systemd "\$systemd_version" '
+        r"systemd/crashhp\.service > crashhp\.service$",
+        spec,
+        flags=re.M,
+    )
+    assert "install -Dpm 0644 crashhp.service %{buildroot}%{_unitdir}/" in spec
+    assert "packaging/unitfile.py" in (PACKAGING / "build-rpm").read_text(encoding="utf-8")
+
+
+def test_bookworm_control_vendors_and_is_amd64() -> None:
+    flavours = _load("flavours")
+    control = (DEBIAN / "control").read_text(encoding="utf-8")
+    assert flavours.control_for(control, flavours.FLAVOURS["trixie"]) == control
+    out = flavours.control_for(control, flavours.FLAVOURS["bookworm"])
+    source, _, binary = out.partition("\nPackage: crashhp\n")
+    assert " python3-pip,\n" in source
+    assert re.search(r"^Architecture: amd64$", binary, flags=re.M)
+    depends = re.search(r"^Depends:\n((?: .*\n)+)", binary, flags=re.M)
+    assert depends
+    names = re.findall(r"^ ([^\s,]+)", depends.group(1), flags=re.M)
+    assert "python3-pydantic" not in names
+    assert "python3-structlog" not in names
+    assert {"python3-pyudev", "python3-systemd", "${shlibs:Depends}"} <= set(names)
+    assert " python3 (>= 3.11),\n python3 (<< 3.12),\n" in depends.group(1)
+    assert "/usr/lib/crashhp/vendor" in binary
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="no dpkg here")
+def test_bookworm_version_sorts_below_trixie_and_parses(tmp_path: Path) -> None:
+    flavours = _load("flavours")
+    base = flavours.base_version()
+    changelog = (DEBIAN / "changelog").read_text(encoding="utf-8")
+    path = tmp_path / "changelog"
+    path.write_text(flavours.changelog_for(changelog, flavours.FLAVOURS["bookworm"]))
+    parsed = subprocess.run(
+        ["dpkg-parsechangelog", "-l", str(path), "-S", "Version"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.strip()
+    assert parsed == f"{base}~deb12u1"
+    # dpkg --compare-versions exits 0 when the relation holds
+    argv = ["dpkg", "--compare-versions", parsed, "lt", base]
+    assert subprocess.run(argv, check=False, timeout=60).returncode == 0
+    assert flavours.changelog_for(changelog, flavours.FLAVOURS["trixie"]) == changelog
+
+
+def test_deb_for_names_the_file_each_suite_installs(tmp_path: Path) -> None:
+    flavours = _load("flavours")
+    base = flavours.base_version()
+    with pytest.raises(flavours.FlavourError, match="build-deb --flavour bookworm"):
+        flavours.deb_for("bookworm", tmp_path)
+    (tmp_path / f"crashhp_{base}~deb12u1_amd64.deb").touch()
+    (tmp_path / f"crashhp_{base}_all.deb").touch()
+    assert flavours.deb_for("bookworm", tmp_path).name == f"crashhp_{base}~deb12u1_amd64.deb"
+    assert flavours.deb_for("trixie", tmp_path).name == f"crashhp_{base}_all.deb"
+    with pytest.raises(flavours.FlavourError, match="no flavour"):
+        flavours.deb_for("buster", tmp_path)
+
+
+def test_vendored_pins_are_hashed_and_meet_pyproject() -> None:
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    vendor = _load("vendor")
+    flavours = _load("flavours")
+    pins = vendor.parse((REPO / flavours.FLAVOURS["bookworm"].vendor).read_text())
+    versions = {pin.name: Version(pin.version) for pin in pins}
+    assert len(versions) == len(pins)
+    for req in map(Requirement, _pyproject()["project"]["dependencies"]):
+        if req.name in ("pydantic", "structlog"):
+            assert versions[req.name] in req.specifier, (req, versions[req.name])
+        else:  # from the release: pyudev, systemd-python
+            assert req.name not in versions
+
+
+def test_vendor_refuses_unpinned_or_unhashed_lines() -> None:
+    vendor = _load("vendor")
+    good = "a==1.0 \\\n    --hash=sha256:" + "0" * 64 + "\n"
+    assert [p.name for p in vendor.parse("# c\n" + good)] == ["a"]
+    for bad in ("a==1.0\n", "a>=1.0 --hash=sha256:" + "0" * 64, "a==1 --hash=md5:00"):
+        with pytest.raises(vendor.VendorError):
+            vendor.parse(bad)
+    with pytest.raises(vendor.VendorError, match="no pins"):
+        vendor.parse("# nothing\n")
+
+
+def test_vendor_cache_is_keyed_on_the_hash(tmp_path: Path) -> None:
+    vendor = _load("vendor")
+    data = b"a wheel"
+    digest = hashlib.sha256(data).hexdigest()
+    pin = vendor.Pin("a", "1.0", digest)
+    assert vendor.cached(pin, tmp_path) is None
+    (tmp_path / digest).mkdir()
+    (tmp_path / digest / "a-1.0-py3-none-any.whl").write_bytes(data)
+    assert vendor.cached(pin, tmp_path) == tmp_path / digest / "a-1.0-py3-none-any.whl"
+    assert vendor.ensure([pin], tmp_path) == [tmp_path / digest / "a-1.0-py3-none-any.whl"]
+    (tmp_path / digest / "a-1.0-py3-none-any.whl").write_bytes(b"tampered")
+    assert vendor.cached(pin, tmp_path) is None
+
+
+def _host_systemd() -> int:
+    if shutil.which("systemctl") is None or shutil.which("systemd-analyze") is None:
+        return 0
+    out = subprocess.run(
+        ["systemctl", "--version"], capture_output=True, text=True, timeout=60, check=False
+    ).stdout
+    match = re.match(r"systemd (\d+)", out)
+    return int(match.group(1)) if match else 0
+
+
+@pytest.mark.skipif(not 0 < _host_systemd() < 253, reason="needs a host with systemd < 253")
+def test_systemd_before_253_parses_the_transformed_unit_cleanly(tmp_path: Path) -> None:
+    """This host's own systemd (Debian 12: 252) rejects the untransformed lines."""
+    unitfile = _load("unitfile")
+    unit = _as_notify_reload(UNIT.read_text(encoding="utf-8"))
+    unit = re.sub(r"^ExecStart=.*$", "ExecStart=/bin/true", unit, flags=re.M)
+    unit = re.sub(r"^ProtectControlGroups=.*$", "ProtectControlGroups=private", unit, flags=re.M)
+
+    def verify(text: str) -> str:
+        path = tmp_path / "crashhp-unit-check.service"
+        path.write_text(text, encoding="utf-8")
+        return subprocess.run(
+            ["systemd-analyze", "verify", "--man=no", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        ).stderr
+
+    assert "Failed to parse service type" in verify(unit)
+    assert verify(unitfile.for_systemd(unit, _host_systemd())) == ""
+
+
+def test_procps_only_when_the_unit_runs_kill() -> None:
+    flavours = _load("flavours")
+    assert flavours.needs_kill("[Service]\nExecReload=/bin/kill -HUP $MAINPID\n")
+    assert flavours.needs_kill("[Service]\nExecReload=-/usr/bin/kill -s HUP $MAINPID\n")
+    assert not flavours.needs_kill("[Service]\nType=notify-reload\n# /bin/kill\n")
+    control = (DEBIAN / "control").read_text(encoding="utf-8")
+    assert "\nDepends:\n procps,\n" in flavours.with_procps(control)
+
+
+@pytest.mark.parametrize("name", ["trixie", "bookworm"])
+def test_prepare_rewrites_a_build_tree_into_the_flavour(tmp_path: Path, name: str) -> None:
+    flavours = _load("flavours")
+    unitfile = _load("unitfile")
+    flavour = flavours.FLAVOURS[name]
+    shutil.copytree(DEBIAN, tmp_path / "debian")
+    shutil.copytree(REPO / "systemd", tmp_path / "systemd")
+    flavours.prepare(flavour, tmp_path)
+    debian = tmp_path / "debian"
+    settings = (debian / "flavour.mk").read_text(encoding="utf-8").splitlines()
+    assert settings[0] == f"CRASHHP_SYSTEMD = {flavour.systemd}"
+    control = (debian / "control").read_text(encoding="utf-8")
+    unit = unitfile.for_systemd(UNIT.read_text(encoding="utf-8"), flavour.systemd)
+    assert ("\n procps,\n" in control) == flavours.needs_kill(unit)
+    copyright_text = (debian / "copyright").read_text(encoding="utf-8")
+    overrides = (debian / "crashhp.lintian-overrides").read_text(encoding="utf-8")
+    if flavour.vendor is None:
+        assert settings == [f"CRASHHP_SYSTEMD = {flavour.systemd}"]
+        assert not (debian / "vendor.txt").exists()
+        assert "vendor" not in copyright_text + overrides
+    else:
+        assert settings[1] == "CRASHHP_VENDOR = /usr/lib/crashhp/vendor"
+        assert (debian / "vendor.txt").read_bytes() == (REPO / flavour.vendor).read_bytes()
+        assert "Files: usr/lib/crashhp/vendor/pydantic_core/*" in copyright_text
+        assert "hardening-no-fortify-functions [usr/lib/crashhp/vendor/" in overrides
+        first = (debian / "changelog").read_text(encoding="utf-8").partition("\n")[0]
+        assert first.startswith(f"crashhp ({flavours.base_version()}~deb12u1) bookworm;")

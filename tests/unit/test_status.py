@@ -80,3 +80,15 @@ def test_render_lists_distro_rules() -> None:
     )
     assert "  distro rule   50-kdump-tools.rules (kdump-tools, Debian, Ubuntu)" in render(report)
     assert report["peer_rules"][0]["reloads"] is True
+
+
+def test_upgrade_advised_only_where_crashhp_can_repeat_the_distros_command() -> None:
+    why = "cannot establish kdump-tools' dump command: /var/crash/kexec_cmd is missing"
+    for daemon in (None, RUNNING):
+        a = assess(st(True, ZERO, ZERO), daemon, Policy.AUTO, None, upgrade_error=why)
+        assert "would reload it hotplug-capably" not in a.advice
+        assert a.advice.endswith(f"no `crashhp upgrade` here: {why}")
+        assert (
+            "would reload it hotplug-capably"
+            in assess(st(True, ZERO, ZERO), daemon, Policy.AUTO, None).advice
+        )
