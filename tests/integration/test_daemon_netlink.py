@@ -209,13 +209,15 @@ def test_flood_overflows_the_buffer_daemon_survives_one_reload(host: FakeHost) -
     """25,000 events at full speed into a 64 KiB receive buffer: overflow, resync, 1 reload.
 
     The flood is cpu events only and the kernel handles cpu, so without the overflow there
-    would be nothing to do. But events were lost, and a lost memory event may have been among
-    them: level-triggered, the daemon must resync every subsystem and reload for memory.
+    would be nothing to do. But events were lost, and memory changed too (its events are
+    among the lost ones): level-triggered, the daemon resyncs every subsystem, finds the RAM
+    part of the topology moved, and reloads for memory.
     """
     host.sysfs.set(cpu_hotplug="1", memory_hotplug="0")
     daemon = host.start_daemon(
         {"coalesce": {"max_delay_ms": 10_000}, "events": {"receive_buffer_bytes": 65536}}
     )
+    host.grow(("memory",))
     report = daemon.sender.send_many(host.burst(25_000, subsystems=("cpu",), action="add"))
     daemon.logs.wait_for("monitor_overflow", timeout=5)
     daemon.logs.wait_for("reload_done", timeout=15)
@@ -400,6 +402,7 @@ def test_malformed_message_does_not_kill_the_daemon(host: FakeHost) -> None:
 def test_kernel_source(host: FakeHost) -> None:
     """``[events] source = "kernel"``: kernel-format uevents, injected through the kernel."""
     daemon = host.start_daemon({"events": {"source": "kernel"}})
+    host.grow(("memory",))
     for n in range(20):
         daemon.sender.inject_kernel(hotplug_event("memory", "online", n, 1, tags=()))
     host.recorder.wait_calls(1)
