@@ -201,30 +201,25 @@ class Engine(Loading):
         """What is known beyond the kernel's files, and the subsystems that changed.
 
         The subsystems whose part of the fingerprint moved since the image was loaded are
-        the truth (events are hints: some may be lost, some replays); a memory ``remove``
-        counts although /proc/iomem may not show it yet.
+        the truth (events are hints: some may be lost, some replays). A memory ``remove``
+        is never covered by an earlier load: its uevents come before its range leaves
+        /proc/iomem, so a load started in between read the range.
         """
         image = self.image
         if image is None or self.upgrade_wanted:
             raced = image is not None and not image.complete
             return Facts(owed=self.owed, raced=raced), burst.subsystems
-        removal = burst.removes_memory  # sent before the range leaves /proc/iomem
         moved = changed_parts(image.fingerprint, read.fingerprint)
         covered = (
-            not removal
+            not burst.removes_memory
             and burst.max_seqnum is not None
             and image.seqnum is not None
             and 0 < burst.max_seqnum <= image.seqnum
         )
         facts = Facts(
-            owed=self.owed,
-            raced=not image.complete,
-            unchanged=not removal and not moved,
-            covered=covered,
+            owed=self.owed, raced=not image.complete, unchanged=not moved, covered=covered
         )
-        if not image.complete:
-            return facts, burst.subsystems | moved
-        return facts, moved | ({Subsystem.MEMORY} if removal else frozenset())
+        return facts, (burst.subsystems | moved) if not image.complete else moved
 
     def _decide(
         self, burst: Burst, read: KernelRead, *, confirmed: bool, queued: Gathering | None
@@ -246,6 +241,7 @@ class Engine(Loading):
             nxt = min(until, now + SETTLE_READ_INTERVAL_S)
             self.phase = Settling(burst, decision.stale, until, nxt, reads, queued=queued)
             self._log("debug", "settling", stale=list(decision.stale), text=decision.text)
+            self.publish(now)
             return
         if decision.action is Action.RELOAD:
             upgrade = (

@@ -11,9 +11,9 @@ from crashhp.arch import Rules
 from crashhp.coalesce import Timing
 from crashhp.config import Config
 from crashhp.ledger import Ledger
-from crashhp.messages import Effect, Image, KernelRead, Log, Publish, Snapshot
+from crashhp.messages import UNKNOWN, Effect, Image, KernelRead, Log, Publish, Snapshot
 from crashhp.model import Burst, KernelState, Protection, Subsystem
-from crashhp.phase import GivenUp, Idle, Phase
+from crashhp.phase import GivenUp, Idle, Phase, Reloading
 
 # Not protected and nothing to do: how often to look whether someone else loaded one.
 POLL_S = 1.0
@@ -70,10 +70,22 @@ class Machine:
         elif not state.protected:
             if not self.owed and self.protection is not Protection.STALE:
                 self.protection = Protection.NOT_LOADED
+        elif self.owed and not isinstance(self.phase, Reloading):
+            # Our reload left nothing loaded, and someone else loaded one since: it was
+            # loaded after the change that needed ours. Whether also after the events now
+            # pending is unknown: it describes an unknown topology, loaded once more.
+            self._taken_over(read, "a crash kernel was loaded by someone else")
+            self.image = UNKNOWN
         elif self.protection in (Protection.NOT_LOADED, Protection.NO_KEXEC):
             # Loaded by someone else since we last looked. The record stays: if it equals
             # the topology now, that load read this same topology.
             self.protection = protection_of(state)
+
+    def _taken_over(self, read: KernelRead, how: str) -> None:
+        self.image = Image(read.fingerprint, read.seqnum, complete=True)
+        self.owed, self.failures = False, 0
+        self.protection = protection_of(read.state)
+        self._recovered(read.now, how)
 
     def _poll(self, read: KernelRead, before: Protection) -> None:
         """Not protected and at rest: notice when someone else loads a crash kernel.
@@ -86,18 +98,15 @@ class Machine:
         reloaded = before is Protection.STALE and (
             self.ledger.saw_unloaded or state.kernel_keeps_current
         )
-        if state.protected and (
-            before in (Protection.UNPROTECTED, Protection.NOT_LOADED) or reloaded
-        ):
-            # Loaded after the change that needed it: it describes this topology.
+        if state.protected and before is Protection.NOT_LOADED:
+            # Loaded by the distribution's tool: it describes the topology of now.
             self.image = Image(read.fingerprint, read.seqnum, complete=True)
-            self.owed, self.failures = False, 0
             self.protection = protection_of(state)
-            if before is Protection.NOT_LOADED:
-                self._log("info", "loaded_by_other", text="a crash kernel was loaded")
-                self.publish(now)
-            else:
-                self._recovered(now, "a crash kernel was loaded by someone else")
+            self._log("info", "loaded_by_other", text="a crash kernel was loaded")
+            self.publish(now)
+        elif state.protected and reloaded:
+            self._taken_over(read, "the crash kernel was reloaded by someone else")
+        if self.protection in _CALM:
             self.phase = Idle()
             return
         self.ledger.saw_unloaded = before is Protection.STALE and not state.protected

@@ -179,6 +179,11 @@ class Image:
     complete: bool = True
 
 
+# A crash kernel someone else loaded at a moment crashhp cannot place among the changes:
+# it describes an unknown topology (never equal to one read), and is loaded once more.
+UNKNOWN = Image("", None, complete=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Counters:
     events: int = 0

@@ -23,7 +23,7 @@ from crashhp.arch import Rules
 from crashhp.coalesce import Gathering
 from crashhp.config import Config
 from crashhp.engine import POLL_S, Engine, protection_of
-from crashhp.messages import Effect, Image, KernelRead, Log, Snapshot
+from crashhp.messages import UNKNOWN, Effect, Image, KernelRead, Log, Snapshot
 from crashhp.model import Protection, Subsystem, Verdict
 from crashhp.phase import Coalescing, Idle
 from crashhp.runtime import STATE_FILE
@@ -141,7 +141,12 @@ def resume(
         engine.protection = Protection.NO_KEXEC
     elif state.protected:
         engine.protection = protection_of(state)
-        if image is None:
+        if saved is not None and (saved.owed or saved.reloading):
+            # We left nothing loaded (or died loading) and someone else loaded one since,
+            # at a moment we cannot place among the changes: loaded once more.
+            engine.image = UNKNOWN
+            engine.phase = everything
+        elif image is None:
             # First start: the loaded image is taken to describe the topology of now.
             engine.image = Image(read_now.fingerprint, read_now.seqnum)
         elif image.fingerprint != read_now.fingerprint or not image.complete:

@@ -92,9 +92,9 @@ class Service(Shell):
         now = self.clock()
         self._watchdog_at = now
         snapshot = self.engine.snapshot(now)
-        self._notifier.notify(f"READY=1\nSTATUS={snapshot.status}")
-        self._last_status = snapshot.status
-        self.publish(Publish(snapshot))
+        self._last_status = snapshot.status  # STATUS= goes with READY=1, below
+        self.publish(Publish(snapshot))  # state.json first: a restart right after READY=1
+        self._notifier.notify(f"READY=1\nSTATUS={snapshot.status}")  # must find it
         self.feed(Tick(now))
         status = snapshot.status
         self.logger.info(

@@ -258,6 +258,8 @@ class ReloadRecorder:
         hang: bool = False,
         leave_unloaded: bool = False,
         ebusy_lock: Path | None = None,
+        fail_before_unload: bool = False,
+        hotplug_after: bool = False,
     ) -> None:
         knobs = {
             "duration_ms": duration_ms,
@@ -265,6 +267,8 @@ class ReloadRecorder:
             "hang": hang,
             "leave_unloaded": leave_unloaded,
             "ebusy_lock": str(ebusy_lock) if ebusy_lock is not None else None,
+            "fail_before_unload": fail_before_unload,
+            "hotplug_after": hotplug_after,
         }
         tmp = self.state / "knobs.tmp"
         tmp.write_text(json.dumps(knobs))
@@ -407,7 +411,7 @@ class FakeSysfs:
         for path, value in (
             (self.cpu / "crash_hotplug", cpu_hotplug),
             (self.memory / "crash_hotplug", memory_hotplug),
-            (self.kernel / "kexec_crash_loaded", loaded),
+            (self._loaded_path, loaded),
         ):
             if value is False:
                 continue
@@ -423,8 +427,26 @@ class FakeSysfs:
         tmp.write_text(value.rstrip("\n") + "\n")
         tmp.replace(path)
 
+    @property
+    def _loaded_path(self) -> Path:
+        new = self.kernel / "kexec" / "crash_loaded"
+        return new if new.exists() else self.kernel / "kexec_crash_loaded"
+
     def loaded(self) -> str:
-        return (self.kernel / "kexec_crash_loaded").read_text().strip()
+        return self._loaded_path.read_text().strip()
+
+    def new_layout_only(self) -> None:
+        """The kexec files of Linux 6.19 and later under /sys/kernel/kexec/, and none of the
+        old names (obsolete, "removed after 2028")."""
+        kexec = self.kernel / "kexec"
+        kexec.mkdir(exist_ok=True)
+        for old, new in (
+            ("kexec_crash_loaded", "crash_loaded"),
+            ("kexec_crash_size", "crash_size"),
+            ("crash_elfcorehdr_size", "crash_elfcorehdr_size"),
+        ):
+            (self.kernel / old).replace(kexec / new)
+        (kexec / "loaded").write_text("0\n")
 
 
 class NsProcess:
@@ -606,6 +628,13 @@ class FakeHost:
         ]
 
     BLOCK_BYTES = 0x8000000  # FakeSysfs's block_size_bytes: 128 MiB
+
+    def load_by_hand(self) -> None:
+        """Someone else (the distribution's tool, an admin) loads a crash kernel now: it
+        describes the topology of now."""
+        image = self.recorder.state / "image.json"
+        image.write_text(json.dumps(self.topology(), sort_keys=True))
+        self.sysfs.set(loaded="1")
 
     def grow(self, subsystems: Sequence[str]) -> None:
         """A real hotplug change in the fake kernel: one more memory block, one more CPU."""

@@ -20,6 +20,7 @@ from crashhp import persist
 from crashhp.arch import Arch, rules
 from crashhp.config import Config, ReloadMethod
 from crashhp.messages import (
+    UNKNOWN,
     Effect,
     Exited,
     Input,
@@ -68,7 +69,7 @@ def config(**reload: Any) -> Config:
 class Load:
     started: float
     ends: float
-    reads: str  # the topology the tool read when it started
+    reads: tuple[int, int]  # the topology (cpus, memory blocks) the tool read at its start
     outcome: str  # ok, fail, unloaded (exit 0, nothing loaded)
 
 
@@ -80,7 +81,7 @@ class World:
     blocks: int = 8
     loaded: bool = True
     hotplug: bool = False  # the loaded image is hotplug-capable: crash_hotplug reads 1
-    image: str | None = None  # what the loaded crash kernel really describes
+    image: tuple[int, int] | None = None  # what the loaded crash kernel describes (cpus, blocks)
     seqnum: int = 1000
     load: Load | None = None
     duration: float = 0.5  # how long the next loads take
@@ -93,7 +94,10 @@ class World:
 
     def __post_init__(self) -> None:
         if self.loaded and self.image is None:
-            self.image = self.fp()
+            self.image = self.topology()
+
+    def topology(self) -> tuple[int, int]:
+        return (self.cpus, self.blocks)
 
     def fp(self) -> str:
         cpu = hashlib.sha256(f"present 0-{self.cpus - 1}".encode()).hexdigest()
@@ -104,10 +108,13 @@ class World:
         verdict = Verdict.KERNEL_UPDATES if self.loaded and self.hotplug else Verdict.NEEDS_RELOAD
         return KernelState(self.loaded, MappingProxyType({CPU: verdict, MEM: verdict}))
 
-    def changed(self) -> None:
-        """The kernel's own update of a hotplug-capable image (it needs the kexec lock)."""
-        if self.loaded and self.hotplug and self.load is None:
-            self.image = self.fp()
+    def change(self, *, cpus: int = 0, blocks: int = 0) -> None:
+        """A hotplug; and the kernel's own update of a hotplug-capable image, which applies
+        this change only (it needs the kexec lock: none while a load holds it)."""
+        self.cpus += cpus
+        self.blocks += blocks
+        if self.loaded and self.hotplug and self.load is None and self.image is not None:
+            self.image = (self.image[0] + cpus, self.image[1] + blocks)
 
     def event(self, sub: Subsystem, action: str, *, synthetic: bool = False) -> Uevent:
         self.seqnum += 1
@@ -121,7 +128,7 @@ class World:
             self.fail_next, outcome = self.fail_next - 1, "fail"
         elif self.unload_next:
             self.unload_next, outcome = self.unload_next - 1, "unloaded"
-        self.load = Load(self.now, self.now + self.duration, self.fp(), outcome)
+        self.load = Load(self.now, self.now + self.duration, self.topology(), outcome)
         self.loads.append(self.load)
         if not (outcome == "fail" and self.fail_keeps):
             self.loaded, self.image = False, None  # a reload unloads first
@@ -143,7 +150,7 @@ class World:
     @property
     def current(self) -> bool:
         """A crash now would give a dump of this very topology."""
-        return self.loaded and self.image == self.fp()
+        return self.loaded and self.image == self.topology()
 
 
 class Driver:
@@ -233,7 +240,9 @@ class Driver:
                 if self.busy_next:
                     self.busy_next -= 1
                     return Exited(w.now, Result(TOOL, None, 0.0, error="held", busy=True))
-                if w.loaded and w.image == w.fp():
+                if w.current and self.engine.image != UNKNOWN:
+                    # (After someone else loaded one at a moment the engine cannot place
+                    # among the changes, it loads once more: that one is not needless.)
                     self.needless += 1
                 w.start()
             case Kill():

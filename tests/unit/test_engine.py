@@ -37,8 +37,7 @@ def test_1_a_hotplug_racing_a_hotplug_capable_reload_is_loaded_once_more() -> No
     d.events(w.event(MEM, "online"))
     d.advance(1.0)  # the load runs
     assert w.load is not None
-    w.blocks += 8  # a DIMM arrives during the load
-    w.changed()
+    w.change(blocks=8)  # a DIMM arrives during the load
     d.events(*(w.event(MEM, "online") for _ in range(8)))
     d.settle()
     assert w.current, "the crash kernel misses the DIMM that raced its load"
@@ -98,7 +97,7 @@ def test_4_a_crash_kernel_loaded_after_start_is_recorded() -> None:
     d = Driver(w)
     assert d.protection() is Protection.NOT_LOADED
     d.advance(5.0)
-    w.loaded, w.image = True, w.fp()  # kdump-tools loads it
+    w.loaded, w.image = True, w.topology()  # kdump-tools loads it
     d.advance(2.0)
     assert d.protection() is Protection.PROTECTED
     assert d.events_named("loaded_by_other")
@@ -168,7 +167,7 @@ def test_7_stale_is_rechecked_when_someone_else_reloads() -> None:
     d.advance(0.6)
     d.advance(2.0)
     assert d.protection() is Protection.UNPROTECTED
-    w.loaded, w.image, w.hotplug = True, w.fp(), True  # `kdumpctl restart` by the admin
+    w.loaded, w.image, w.hotplug = True, w.topology(), True  # `kdumpctl restart` by the admin
     d.advance(1.5)
     assert d.protection() is Protection.PROTECTED
     assert d.events_named("recovered")
@@ -182,7 +181,7 @@ def test_7_stale_after_a_failure_that_kept_the_old_image() -> None:
     d.feed(Tick(w.now))
     w.loaded, w.image = False, None  # the admin's tool unloads...
     d.advance(1.1)
-    w.loaded, w.image = True, w.fp()  # ...and loads
+    w.loaded, w.image = True, w.topology()  # ...and loads
     d.advance(1.1)
     assert d.protection() is Protection.PROTECTED
 
@@ -203,13 +202,23 @@ def test_8_a_busy_reload_lock_is_waited_for_not_a_failure() -> None:
 
 
 def test_10_memory_removal_whose_range_leaves_iomem_during_the_load() -> None:
-    """remove uevents come before the range leaves /proc/iomem: a load started between
-    read the old range; the move of the fingerprint during the load gives one more."""
+    """remove uevents come before the range leaves /proc/iomem: a load that a storm's
+    max_delay_ms started in between read the old range; the move of the fingerprint
+    during the load gives one more."""
     w = World(duration=1.0)
-    d = Driver(w)
-    d.events(w.event(MEM, "remove"))  # iomem still lists the block
-    d.advance(0.55)
-    d.advance(0.25)
+    cfg = config().model_copy(
+        update={
+            "coalesce": config().coalesce.model_copy(
+                update={"quiet_ms": 1000, "max_delay_ms": 1200}
+            )
+        }
+    )
+    d = Driver(w, cfg)
+    w.blocks += 4
+    d.events(w.event(MEM, "online"))
+    d.advance(0.6)
+    d.events(w.event(MEM, "remove"))  # /proc/iomem still lists the block
+    d.advance(0.85)  # max_delay_ms, then the settle: the load reads the old range
     assert w.load is not None
     w.blocks -= 1  # now it leaves /proc/iomem
     d.settle()
@@ -235,8 +244,7 @@ def test_10_a_removal_is_never_covered_by_the_seqnum() -> None:
 def test_kernel_handles_and_records_the_topology() -> None:
     w = World(hotplug=True)
     d = Driver(w)
-    w.blocks += 8
-    w.changed()
+    w.change(blocks=8)
     d.events(*(w.event(MEM, "online") for _ in range(8)))
     d.settle()
     assert not w.loads
@@ -311,3 +319,34 @@ def test_snapshot_for_metrics() -> None:
     assert snap.unprotected_s == pytest.approx(0.0)
     assert snap.crash_hotplug == {"cpu": "needs-reload", "memory": "needs-reload"}
     assert snap.layout == "legacy"
+
+
+def test_loaded_by_someone_else_while_owed_then_a_restart() -> None:
+    """Found by the property tests: our reload failed and left nothing; the admin loads one;
+    crashhp restarts. That crash kernel was loaded after the change: no reload for it."""
+    w = World(fail_next=1)
+    d = Driver(w)
+    w.cpus += 1
+    d.events(w.event(CPU, "add"))
+    d.advance(1.5)
+    assert d.protection() is Protection.UNPROTECTED
+    w.loaded, w.image = True, w.topology()
+    d.restart()
+    d.settle()
+    assert w.current
+    assert d.protection() is Protection.PROTECTED
+
+
+def test_loaded_by_someone_else_while_owed_then_more_hotplug() -> None:
+    """Found by the property tests: the admin's load, then another CPU while crashhp waits
+    to retry: the admin's image lacks that CPU."""
+    w = World(fail_next=1)
+    d = Driver(w)
+    w.cpus += 1
+    d.events(w.event(CPU, "add"))
+    d.advance(1.5)
+    w.loaded, w.image = True, w.topology()
+    w.cpus += 1
+    d.events(w.event(CPU, "add"))
+    d.settle()
+    assert w.current
