@@ -18,29 +18,22 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from crashhp import kernel, logs, persist
 from crashhp.arch import rules as arch_rules
-from crashhp.config import Config, ConfigError, LoadedConfig
+from crashhp.config import ConfigError, LoadedConfig
 from crashhp.logs import get_logger
 from crashhp.machine import state_fields
 from crashhp.messages import Log, Lost, Publish, Purpose, Reconfigured, Stop, Tick, Uevents
-from crashhp.model import KernelState, Layout, Subsystem, Uevent, Verdict
+from crashhp.model import KernelState, Layout, Subsystem, Verdict
+from crashhp.monitor import Batch, Monitor, SourceFactory, default_source
 from crashhp.notify import Notifier, watchdog_interval_s
 from crashhp.process import Process, Runner
 from crashhp.runtime import InstanceLock, runtime_dir
 from crashhp.shell import Shell
-from crashhp.uevents import MonitorOverflow, PyudevSource, UeventSource
 
-DRAIN_LIMIT = 4096  # events per loop turn, so timers and signals are never starved
-OLD_SOURCE_DRAINS = 64  # a replaced monitor is read this many times DRAIN_LIMIT at most
-
-SourceFactory = Callable[[Config], UeventSource]
 ConfigLoader = Callable[[], LoadedConfig]
-
-
-def default_source(config: Config) -> UeventSource:
-    return PyudevSource(config.events.source.value, config.events.receive_buffer_bytes)
 
 
 class Service(Shell):
@@ -61,11 +54,10 @@ class Service(Shell):
         self._load = load
         self._loaded = load()
         self._notifier = notifier
-        self._source_factory = source_factory
         self.logger = get_logger()
         self._instance = InstanceLock(self.state_dir)
         self._selector = selectors.DefaultSelector()
-        self._source: UeventSource | None = None
+        self.monitor = Monitor(source_factory, self._selector, self._buffer_not_raised)
         self._sigr, self._sigw = socket.socketpair()
         self._watchdog_s = watchdog_interval_s()
         self._watchdog_at = 0.0
@@ -79,7 +71,7 @@ class Service(Shell):
         self._instance.acquire()
         if signals:
             self._install_signals()
-        self._open_source()  # before the first read: nothing between them is missed
+        self.monitor.open(self._loaded.config)  # before the first read: nothing is missed
         rules = arch_rules(self.reader.arch or kernel.host_arch())
         first = self.read_kernel(Purpose.DECIDE)
         self.engine, effects = persist.resume(
@@ -87,7 +79,7 @@ class Service(Shell):
         )
         for effect in effects:
             self.perform(effect)
-        self._report_support(first.state, rules.never_reload)
+        report_support(self.logger, first.state, rules.never_reload)
         _release_startup_memory()
         now = self.clock()
         self._watchdog_at = now
@@ -118,7 +110,7 @@ class Service(Shell):
     def close(self) -> int:
         self._notifier.notify("STOPPING=1\nSTATUS=stopping")
         self.publish(Publish(self.engine.snapshot(self.clock())))
-        self._close_source()
+        self.monitor.close()
         self._selector.close()
         self._instance.release()
         return 0
@@ -178,70 +170,15 @@ class Service(Shell):
 
     # ---- events -----------------------------------------------------------------------
 
-    def _open_source(self) -> None:
-        self._source = self._source_factory(self._loaded.config)
-        self._selector.register(self._source.fileno(), selectors.EVENT_READ, "uevents")
-        buffer_error = getattr(self._source, "buffer_error", None)
-        if buffer_error:
-            self.logger.warning("receive_buffer_not_raised", reason=buffer_error)
-
-    def _close_source(self) -> None:
-        if self._source is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(self._source.fileno())
-            self._source.close()
-            self._source = None
-
     def _on_uevents(self) -> None:
-        if self._source is None:
-            return
-        try:
-            events, ignored = self._source.drain(DRAIN_LIMIT)
-        except MonitorOverflow as exc:
-            self._lost(f"receive buffer overflow ({exc})")
-            return
-        except OSError as exc:
-            self._lost(f"monitor error: {exc.strerror or exc}")
-            return
-        self._take(events, ignored)
+        self._deliver([self.monitor.read(self._loaded.config)])
 
-    def _take(self, events: list[Uevent], ignored: int) -> None:
-        if events or ignored:
-            self.feed(Uevents(self.clock(), tuple(events), ignored))
-
-    def _lost(self, why: str, *, reopen: bool = True) -> None:
-        """Events were lost: rebuild the monitor, and the engine treats all as changed."""
-        if reopen:
-            self._close_source()
-            self._open_source()
-        self.feed(Lost(self.clock(), self.reader.seqnum(), why))
-
-    def _replace_source(self) -> None:
-        """A new [events] section: the new monitor is open before the old one is drained
-        and closed, so that no event falls between them (one both read is a harmless
-        duplicate: events are hints)."""
-        old = self._source
-        if old is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self._selector.unregister(old.fileno())
-        self._source = None
-        self._open_source()
-        if old is None:
-            return
-        try:
-            for _ in range(OLD_SOURCE_DRAINS):
-                events, ignored = old.drain(DRAIN_LIMIT)
-                if not events and not ignored:
-                    return
-                self._take(events, ignored)
-            why = "the old monitor kept receiving while it was drained"
-        except MonitorOverflow as exc:
-            why = f"receive buffer overflow ({exc})"
-        except OSError as exc:
-            why = f"monitor error: {exc.strerror or exc}"
-        finally:
-            old.close()
-        self._lost(why, reopen=False)
+    def _deliver(self, batches: list[Batch]) -> None:
+        for batch in batches:
+            if batch.events or batch.ignored:
+                self.feed(Uevents(self.clock(), batch.events, batch.ignored))
+            if batch.lost is not None:  # whatever was lost, the kernel had sent it by now
+                self.feed(Lost(self.clock(), self.reader.seqnum(), batch.lost))
 
     # ---- signals ----------------------------------------------------------------------
 
@@ -296,7 +233,7 @@ class Service(Shell):
             old = self._loaded.config
             self._loaded = loaded
             if old.events != loaded.config.events:
-                self._replace_source()
+                self._deliver(self.monitor.replace(loaded.config))
             if old.log != loaded.config.log:
                 logs.configure(loaded.config.log.format, loaded.config.log.level.value)
                 self.logger = get_logger()
@@ -305,37 +242,39 @@ class Service(Shell):
             self.feed(Reconfigured(self.clock(), loaded.config))
         self._notifier.notify(f"READY=1\nSTATUS={self._last_status}")
 
-    # ---- start-up ---------------------------------------------------------------------
+    def _buffer_not_raised(self, why: str) -> None:
+        self.logger.warning("receive_buffer_not_raised", reason=why)
 
-    def _report_support(self, state: KernelState, never_reload: str | None) -> None:
-        """Say once, clearly, what the kernel cannot tell us."""
-        if never_reload:
-            self.logger.info("arch_no_reload", text=never_reload)
-        if state.layout is Layout.NONE and not state.fadump:
-            self.logger.warning(
-                "no_kexec",
-                text="no /sys/kernel/kexec/crash_loaded nor "
-                "/sys/kernel/kexec_crash_loaded: this kernel has no kexec "
-                "support; crashhp will only observe",
+
+def report_support(logger: Any, state: KernelState, never_reload: str | None) -> None:
+    """Say once, clearly, what the kernel cannot tell us."""
+    if never_reload:
+        logger.info("arch_no_reload", text=never_reload)
+    if state.layout is Layout.NONE and not state.fadump:
+        logger.warning(
+            "no_kexec",
+            text="no /sys/kernel/kexec/crash_loaded nor "
+            "/sys/kernel/kexec_crash_loaded: this kernel has no kexec "
+            "support; crashhp will only observe",
+        )
+    for sub in Subsystem:
+        verdict = state.verdict(sub)
+        path = f"/sys/devices/system/{sub.value}/crash_hotplug"
+        if verdict is Verdict.ABSENT:
+            logger.warning(
+                "no_crash_hotplug",
+                subsystem=sub.value,
+                text=f"no {path}: this kernel cannot update the crash "
+                f"header on {sub.value} changes (Linux >= 6.6 with "
+                "CONFIG_CRASH_HOTPLUG can); every change will be reloaded",
             )
-        for sub in Subsystem:
-            verdict = state.verdict(sub)
-            path = f"/sys/devices/system/{sub.value}/crash_hotplug"
-            if verdict is Verdict.ABSENT:
-                self.logger.warning(
-                    "no_crash_hotplug",
-                    subsystem=sub.value,
-                    text=f"no {path}: this kernel cannot update the crash "
-                    f"header on {sub.value} changes (Linux >= 6.6 with "
-                    "CONFIG_CRASH_HOTPLUG can); every change will be reloaded",
-                )
-            elif verdict is Verdict.UNREADABLE:
-                self.logger.warning(
-                    "crash_hotplug_unreadable",
-                    subsystem=sub.value,
-                    text=f"{path} cannot be read (root-only on Linux "
-                    "6.6-6.10); treating it as 'reload needed'",
-                )
+        elif verdict is Verdict.UNREADABLE:
+            logger.warning(
+                "crash_hotplug_unreadable",
+                subsystem=sub.value,
+                text=f"{path} cannot be read (root-only on Linux "
+                "6.6-6.10); treating it as 'reload needed'",
+            )
 
 
 def _release_startup_memory() -> None:

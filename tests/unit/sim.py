@@ -40,7 +40,7 @@ from crashhp.messages import (
     Unlock,
     WakeAt,
 )
-from crashhp.model import KernelState, Protection, Subsystem, Uevent, Verdict, fingerprint
+from crashhp.model import Fadump, KernelState, Protection, Subsystem, Uevent, Verdict, fingerprint
 from crashhp.process import Result
 from crashhp.reload import Plan
 
@@ -89,6 +89,8 @@ class World:
     unload_next: int = 0
     makes_hotplug: bool = False  # the tool loads hotplug-capably (kexec -s, kdump-config)
     fail_keeps: bool = False  # a failing tool fails before it unloads: the old image stays
+    fadump: bool = False  # ppc64 firmware-assisted dump: `loaded` is its registration
+    fadump_ready: bool = False  # /sys/kernel/fadump/hotplug_ready
     loads: list[Load] = field(default_factory=list)
     overlaps: int = 0
 
@@ -106,7 +108,11 @@ class World:
 
     def state(self) -> KernelState:
         verdict = Verdict.KERNEL_UPDATES if self.loaded and self.hotplug else Verdict.NEEDS_RELOAD
-        return KernelState(self.loaded, MappingProxyType({CPU: verdict, MEM: verdict}))
+        verdicts = MappingProxyType({CPU: verdict, MEM: verdict})
+        if self.fadump:  # kexec_crash_loaded reads 0 under fadump
+            fadump = Fadump(enabled=True, registered=self.loaded, hotplug_ready=self.fadump_ready)
+            return KernelState(False, verdicts, fadump=fadump)
+        return KernelState(self.loaded, verdicts)
 
     def change(self, *, cpus: int = 0, blocks: int = 0) -> None:
         """A hotplug; and the kernel's own update of a hotplug-capable image, which applies

@@ -350,3 +350,43 @@ def test_loaded_by_someone_else_while_owed_then_more_hotplug() -> None:
     d.events(w.event(CPU, "add"))
     d.settle()
     assert w.current
+
+
+def test_fadump_memory_change_reregisters_cpu_change_does_not() -> None:
+    w = World(fadump=True)
+    d = Driver(w)
+    assert d.protection() is Protection.FADUMP  # not CRITICAL: fadump protects it
+    w.cpus += 1
+    d.events(w.event(CPU, "add"))
+    d.settle()
+    assert not w.loads
+    w.blocks += 1
+    d.events(w.event(MEM, "online"))
+    d.settle()
+    assert len(w.loads) == 1  # the distribution's tool re-registers fadump
+    assert d.decisions()[-1] == "fadump_reregister"
+    assert d.protection() is Protection.FADUMP
+
+
+def test_fadump_hotplug_ready_needs_nothing() -> None:
+    w = World(fadump=True, fadump_ready=True)
+    d = Driver(w)
+    w.blocks += 1
+    d.events(w.event(MEM, "online"))
+    d.settle()
+    assert not w.loads
+    assert d.decisions() == ["fadump_handles"]
+
+
+def test_s390x_observes_only() -> None:
+    from crashhp.arch import Arch, rules
+
+    w = World()
+    d = Driver(w)
+    d.engine.rules = rules(Arch.S390X)
+    w.blocks += 1
+    d.events(w.event(MEM, "online"))
+    d.settle()
+    assert not w.loads
+    assert d.decisions() == ["arch_no_reload"]
+    assert "kdump kernel" in d.engine.snapshot(w.now).status

@@ -19,6 +19,7 @@ from crashhp.config import Config, ConfigError, LoadedConfig
 from crashhp.model import Subsystem, Uevent
 from crashhp.runtime import AlreadyRunning
 from crashhp.service import Service
+from crashhp.uevents import MonitorOverflow
 
 
 class FakeSource:
@@ -183,3 +184,34 @@ def test_a_burst_that_changed_nothing_in_the_shell(parts: dict[str, Any]) -> Non
     bursts = [e for e in logs if e["event"] == "burst"]
     assert [b["decision"] for b in bursts] == ["unchanged"]
     assert bursts[0]["synthetic"] == 1
+
+
+def test_an_overflow_rebuilds_the_monitor_and_resyncs(parts: dict[str, Any]) -> None:
+    opened: list[FakeSource] = []
+
+    def factory(_: Config) -> FakeSource:
+        opened.append(FakeSource())
+        return opened[-1]
+
+    loaded = LoadedConfig(parts["config"], ())
+    s = Service(
+        lambda: loaded,
+        parts["notes"],
+        source_factory=factory,
+        clock=parts["clock"],
+        reader=parts["reader"],
+        state_dir=parts["state_dir"],
+    )
+    s.start(signals=False)
+
+    def overflow(limit: int) -> tuple[list[Uevent], int]:
+        raise MonitorOverflow("No buffer space available")
+
+    opened[0].drain = overflow  # type: ignore[method-assign]
+    opened[0]._w.send(b"!")
+    with capture_logs() as logs:
+        s.turn(max_wait=0)
+    assert len(opened) == 2  # rebuilt
+    assert [e["event"] for e in logs if e["event"] == "monitor_overflow"] == ["monitor_overflow"]
+    assert s.engine.ledger.counters.overflows == 1
+    assert s.engine.phase.name == "coalescing"  # every subsystem marked
