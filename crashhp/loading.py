@@ -209,14 +209,15 @@ class Loading(Machine):
         self._summary(phase.burst, "failed", "failed", now, reload_s=duration, state=state)
         if retry_in is not None:
             self.phase = BackingOff(phase.burst, now + retry_in, queued=phase.queued)
-        else:
-            self._log(
-                "error",
-                "reload_given_up",
-                attempts=self.failures,
-                text=f"giving up after {self.failures} attempts until the next event "
-                "or `systemctl reload crashhp`",
-            )
-            self.failures = 0
-            self.phase = Coalescing(phase.queued) if phase.queued else GivenUp(now + POLL_S)
-        self.publish(now)
+            self.publish(now)
+            return
+        attempts, self.failures = self.failures, 0
+        self.phase = Coalescing(phase.queued) if phase.queued else GivenUp(now + POLL_S)
+        self.publish(now)  # state.json first: whoever reacts to the line must see it
+        self._log(
+            "error",
+            "reload_given_up",
+            attempts=attempts,
+            text=f"giving up after {attempts} attempts until the next event "
+            "or `systemctl reload crashhp`",
+        )

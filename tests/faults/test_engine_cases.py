@@ -100,7 +100,7 @@ def test_5_sighup_while_settling_and_stale_gives_one_reload(host: FakeHost) -> N
     )
     daemon.send_burst(10)
     daemon.logs.wait_for("reload_given_up", timeout=10)
-    assert state(host)["protection"] == "stale"
+    wait_until(lambda: state(host)["protection"] == "stale", 5, "stale")
 
     sent = daemon.send_burst(10)
     daemon.logs.wait_for("settling", after=sent)
@@ -154,7 +154,7 @@ def test_7_stale_is_rechecked(host: FakeHost) -> None:
     daemon = host.start_daemon({"reload": {"retries": 0}})
     daemon.send_burst(10)
     daemon.logs.wait_for("reload_given_up", timeout=10)
-    assert state(host)["protection"] == "stale"
+    wait_until(lambda: state(host)["protection"] == "stale", 5, "stale")
     host.sysfs.set(cpu_hotplug="1", memory_hotplug="1")  # reloaded by the admin
     wait_until(lambda: state(host)["protection"] == "protected", 5, "protected")
     assert daemon.logs.events("recovered")

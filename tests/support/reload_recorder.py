@@ -5,10 +5,10 @@ The daemon under test runs it as ``[python, reload_recorder.py, STATE_DIR]`` (me
 
 1. takes a non-blocking exclusive lock on ``STATE_DIR/running.lock``: if another call holds it,
    this call overlaps a running one and says so in its record (crashhp must never run two);
-2. appends a ``start`` record (JSON line) to ``STATE_DIR/calls.jsonl`` with its pid, process
-   group, monotonic time and whether it overlapped;
-3. reads the topology the "loaded image" will describe, as kexec-tools reads /proc/iomem
+2. reads the topology the "loaded image" will describe, as kexec-tools reads /proc/iomem
    and the CPUs before it loads (and the kernel builds a file load's header at its start);
+3. appends a ``start`` record (JSON line) to ``STATE_DIR/calls.jsonl`` with its pid, process
+   group, monotonic time and whether it overlapped;
 4. writes 0 to ``SYSFS/kernel/kexec_crash_loaded`` (a real reload unloads first), then follows
    the knobs in ``STATE_DIR/knobs.json``, read fresh at every call:
 
@@ -118,9 +118,11 @@ def main(argv: list[str]) -> int:
     except BlockingIOError:
         overlap = True
     base = {"pid": os.getpid(), "pgid": os.getpgid(0), "argv": argv}
+    # What this load will describe: read before it loads, and before the start record, so
+    # that a test that waits for the start record changes the topology after the read.
+    image = _topology(sysfs)
     _append(calls, {**base, "phase": "start", "t": time.monotonic(), "overlap": overlap})
 
-    image = _topology(sysfs)  # what this load will describe: read before it loads
     if knobs.get("fail_before_unload") and _take_failure(state):
         _append(calls, {**base, "phase": "end", "t": time.monotonic(), "rc": 1})
         print("reload_recorder: simulated failure before the unload", file=sys.stderr)
