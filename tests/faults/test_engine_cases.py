@@ -9,7 +9,6 @@ really describes; ``hotplug_after`` makes it a hotplug-capable load (crash_hotpl
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
@@ -184,20 +183,4 @@ def test_10_a_memory_range_that_leaves_iomem_during_the_load(host: FakeHost) -> 
     wait_until(lambda: host.recorder.image() == host.topology(), 10, "the follow-up load")
     daemon.logs.wait_for("load_raced", timeout=10)
     assert host.recorder.count() == 2
-    assert_describes_now(host)
-
-
-def test_new_kexec_sysfs_layout_alone(host: FakeHost, tmp_path: Path) -> None:
-    """A kernel with only /sys/kernel/kexec/ (the old names removed after 2028): crashhp
-    works fully (issue 12, item 2)."""
-    host.sysfs.new_layout_only()
-    daemon = host.start_daemon()
-    ready = daemon.logs.wait_for("daemon_ready")
-    assert ready["kexec_layout"] == "kexec-dir"
-    assert ready["crash_loaded"] is True
-    daemon.send_burst(10)
-    daemon.logs.wait_for("reload_done", timeout=10)
-    assert (host.sysfs.kernel / "kexec" / "crash_loaded").read_text().strip() == "1"
-    assert state(host)["layout"] == "kexec-dir"
-    assert state(host)["protection"] == "protected"
     assert_describes_now(host)

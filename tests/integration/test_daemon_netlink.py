@@ -429,3 +429,20 @@ def test_state_file_is_written_in_the_namespace(host: FakeHost) -> None:
         return isinstance(state, dict) and '"reloads": 1' in json.dumps(state)
 
     wait_until(reloads_recorded, 3, f"{path} to record the reload")
+
+
+def test_new_kexec_sysfs_layout_alone(host: FakeHost) -> None:
+    """A kernel with only /sys/kernel/kexec/ (the old names removed after 2028): crashhp
+    works fully, and says which layout it found (issue 12, item 2)."""
+    host.sysfs.new_layout_only()
+    daemon = host.start_daemon()
+    ready = daemon.logs.wait_for("daemon_ready")
+    assert ready["kexec_layout"] == "kexec-dir"
+    assert ready["crash_loaded"] is True
+    daemon.send_burst(10)
+    daemon.logs.wait_for("reload_done", timeout=10)
+    assert (host.sysfs.kernel / "kexec" / "crash_loaded").read_text().strip() == "1"
+    assert not (host.sysfs.kernel / "kexec_crash_loaded").exists()
+    data = json.loads((host.run / "crashhp" / "state.json").read_text())
+    assert (data["layout"], data["protection"]) == ("kexec-dir", "protected")
+    assert host.recorder.image() == host.topology()
