@@ -210,3 +210,18 @@ def test_auto_upgrade_uses_kexec_load_with_hotplug(tmp_path: Path) -> None:
     (sysfs / "kernel/security/lockdown").write_text("none [integrity] confidentiality\n")
     locked = reload.upgrade_plan(config_for(tmp_path, program), sysfs=sysfs, procfs=procfs)
     assert locked.steps[0][1:3] == ("-p", "-s")
+
+
+def test_hotplug_only_with_the_old_size_file(tmp_path: Path) -> None:
+    """kexec-tools 2.0.32 reads only /sys/kernel/crash_elfcorehdr_size for --hotplug and
+    aborts the load without it: a kernel with only /sys/kernel/kexec/ gets no --hotplug."""
+    program = fake_kexec(tmp_path, HELP_2_0_29)
+    sysfs, _ = fake_tree(tmp_path, elfcorehdr=False)
+    (sysfs / "kernel/kexec").mkdir()
+    (sysfs / "kernel/kexec/crash_elfcorehdr_size").write_text("917616\n")
+    caps = kexec.detect(config_for(tmp_path, program).kexec, sysfs)
+    assert not caps.classic_hotplug
+    (sysfs / "kernel/crash_elfcorehdr_size").symlink_to(
+        sysfs / "kernel/kexec/crash_elfcorehdr_size"
+    )
+    assert kexec.detect(config_for(tmp_path, program).kexec, sysfs).classic_hotplug  # 7.3
