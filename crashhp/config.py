@@ -61,6 +61,18 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
+class Runner(enum.StrEnum):
+    AUTO = "auto"  # transient when systemd is PID 1 and reachable, else direct
+    TRANSIENT = "transient"  # each reload step as a transient unit (systemd-run)
+    DIRECT = "direct"  # a child of the daemon, in its own process group
+
+
+class MetricsEnabled(enum.StrEnum):
+    AUTO = "auto"  # write the textfile when its directory exists
+    YES = "yes"
+    NO = "no"
+
+
 class KexecSyscall(enum.StrEnum):
     AUTO = "auto"  # kexec -c --hotplug where allowed, else kexec -a (see kexec.py)
     FILE = "file"  # kexec -s: kexec_file_load (the kernel keeps the header current)
@@ -91,6 +103,12 @@ class Reload(_Section):
     retries: Annotated[Int, Field(ge=0, le=100)] = 5
     backoff_initial_s: Annotated[Float, Field(gt=0, le=3600)] = 1.0
     backoff_max_s: Annotated[Float, Field(gt=0, le=86_400)] = 60.0
+    runner: Runner = Field(
+        default=Runner.AUTO,
+        description="Where a reload command runs: transient = its own systemd unit "
+        "(systemd-run); direct = a child of the daemon; auto = transient when systemd "
+        "is PID 1",
+    )
 
     @field_validator("command")
     @classmethod
@@ -130,6 +148,32 @@ class Events(_Section):
     receive_buffer_bytes: Annotated[Int, Field(ge=1 << 16, le=1 << 30)] = 128 << 20
 
 
+class Metrics(_Section):
+    """The node_exporter textfile (see crashhp.metrics)."""
+
+    enabled: MetricsEnabled = Field(
+        default=MetricsEnabled.AUTO,
+        description="Write the metrics textfile; auto = only when its directory exists "
+        "(node_exporter's package creates it)",
+    )
+    textfile: str = Field(
+        default="/var/lib/prometheus/node-exporter/crashhp.prom",
+        description="The file node_exporter's textfile collector reads; absolute, ending in .prom",
+    )
+    interval_s: Annotated[Float, Field(ge=1, le=3600)] = Field(
+        default=30.0,
+        description="Rewrite it at least this often, so that an alert on "
+        "node_textfile_mtime_seconds sees a stopped daemon",
+    )
+
+    @field_validator("textfile")
+    @classmethod
+    def _textfile_path(cls, value: str) -> str:
+        if not value.startswith("/") or not value.endswith(".prom") or "\0" in value:
+            raise ValueError("must be an absolute path ending in .prom")
+        return value
+
+
 class Log(_Section):
     level: LogLevel = LogLevel.INFO
     format: LogFormat = LogFormat.AUTO
@@ -141,6 +185,7 @@ class Config(_Section):
     reload: Reload = Reload()
     kexec: Kexec = Kexec()
     events: Events = Events()
+    metrics: Metrics = Metrics()
     log: Log = Log()
 
     @model_validator(mode="after")

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from crashhp.config import Config, ConfigError, ReloadMethod, flatten, load_config
+from crashhp.config import (
+    Config,
+    ConfigError,
+    Metrics,
+    MetricsEnabled,
+    ReloadMethod,
+    Runner,
+    flatten,
+    load_config,
+)
 from crashhp.model import Policy
 
 
@@ -81,6 +90,11 @@ def test_explicit_file_replaces_layering(tmp_path: Path) -> None:
         ('[events]\nsource = "carrier-pigeon"\n', "events.source: Input should be 'udev' or"),
         ('[log]\nlevel = "loud"\n', "log.level: Input should be"),
         ("coalesce = 3\n", "coalesce: Input should be a valid dictionary"),
+        ('[reload]\nrunner = "cron"\n', "reload.runner: Input should be 'auto', 'transient' or"),
+        ("[metrics]\nenabled = true\n", "metrics.enabled: Input should be 'auto', 'yes' or 'no'"),
+        ('[metrics]\ntextfile = "crashhp.prom"\n', "metrics.textfile: Value error, must be an"),
+        ('[metrics]\ntextfile = "/tmp/crashhp.txt"\n', "metrics.textfile: Value error, must be"),
+        ("[metrics]\ninterval_s = 0.5\n", "metrics.interval_s: Input should be greater than or"),
         ("[coalesce\n", "invalid TOML: "),
         ("policy = \n", "invalid TOML: "),
     ],
@@ -90,6 +104,21 @@ def test_bad_values_name_file_key_and_reason(tmp_path: Path, text: str, expected
     message = error(path)
     assert message.startswith(f"{path}: ")
     assert expected in message
+
+
+def test_runner_and_metrics_keys(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "m.toml",
+        '[reload]\nrunner = "direct"\n[metrics]\nenabled = "yes"\n'
+        'textfile = "/run/m/crashhp.prom"\ninterval_s = 10\n',
+    )
+    config = load_config(path).config
+    assert config.reload.runner is Runner.DIRECT
+    assert config.metrics == Metrics(
+        enabled=MetricsEnabled.YES, textfile="/run/m/crashhp.prom", interval_s=10.0
+    )
+    assert Config().reload.runner is Runner.AUTO
+    assert Config().metrics.textfile == "/var/lib/prometheus/node-exporter/crashhp.prom"
 
 
 def test_error_in_a_dropin_names_the_dropin(tmp_path: Path) -> None:
