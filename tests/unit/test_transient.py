@@ -116,47 +116,60 @@ def test_unit_name() -> None:
         unit_name("a.service")
 
 
-# The summary systemd-run --wait prints on stderr (systemd >= 254 adds the invocation ID),
-# for a tool that succeeded, one that exited 3 and one killed by RuntimeMaxSec=.
-GUEST_257_SUCCESS = """\
-Running as unit: crashhp-reload-manual.service; invocation ID: 5b3e0b0f1c2d4e6f8a9b0c1d2e3f4a5b
+# What systemd-run --wait printed on stderr in the trixie guest (systemd 257) for these
+# very argvs: a kexec load that succeeded, /bin/sh -c "exit 3", /bin/sleep 60 killed by
+# RuntimeMaxSec=2000ms, and /bin/echo (no invocation ID: systemd-run prints it only when it
+# has it before the unit started).
+GUEST_KEXEC = (
+    (
+        "Running as unit: crashhp-reload-manual-kexec.service; "
+        "invocation ID: 55df5e876ac246a2a6ae5866d24333fe\n"
+    )
+    + """\
 Finished with result: success
 Main processes terminated with: code=exited, status=0/SUCCESS
-Service runtime: 1.180s
-CPU time consumed: 1.040s
+Service runtime: 984ms
+CPU time consumed: 893ms
+Memory peak: 14.7M (swap: 0B)
 """
-GUEST_257_EXIT3 = """\
-Running as unit: crashhp-reload-exit3.service; invocation ID: 0123456789abcdef0123456789abcdef
+)
+GUEST_EXIT3 = """\
+Running as unit: crashhp-reload-exit3.service; invocation ID: 8f297fd91180443aa99659005da87c90
 Finished with result: exit-code
 Main processes terminated with: code=exited, status=3/NOTIMPLEMENTED
-Service runtime: 12ms
+Service runtime: 202ms
+CPU time consumed: 138ms
+Memory peak: 1.7M (swap: 0B)
 """
-GUEST_257_TIMEOUT = """\
-Running as unit: crashhp-reload-timeout.service; invocation ID: fedcba9876543210fedcba9876543210
+GUEST_TIMEOUT = """\
+Running as unit: crashhp-reload-timeout.service
 Finished with result: timeout
 Main processes terminated with: code=killed, status=15/TERM
-Service runtime: 2.004s
+Service runtime: 2.434s
+CPU time consumed: 160ms
+Memory peak: 2M (swap: 0B)
 """
-BOOKWORM_252 = """\
-Running as unit: crashhp-reload-x.service
-Finished with result: exit-code
-Main processes terminated with: code=exited/status=1
-Service runtime: 5ms
+GUEST_ECHO = """\
+Running as unit: crashhp-reload-echo.service
+Finished with result: success
+Main processes terminated with: code=exited, status=0/SUCCESS
+Service runtime: 230ms
+CPU time consumed: 166ms
+Memory peak: 1.7M (swap: 0B)
 """
 
 
 def test_parse_summary() -> None:
-    assert parse_summary(GUEST_257_SUCCESS) == Summary(
-        "success", "5b3e0b0f1c2d4e6f8a9b0c1d2e3f4a5b"
-    )
-    exit3 = parse_summary(GUEST_257_EXIT3)
+    assert parse_summary(GUEST_KEXEC) == Summary("success", "55df5e876ac246a2a6ae5866d24333fe")
+    exit3 = parse_summary(GUEST_EXIT3)
     assert exit3 is not None
     assert exit3.result == "exit-code"
     assert not exit3.timed_out
-    timeout = parse_summary(GUEST_257_TIMEOUT)
-    assert timeout is not None
+    assert exit3.invocation_id == "8f297fd91180443aa99659005da87c90"
+    timeout = parse_summary(GUEST_TIMEOUT)
+    assert timeout == Summary("timeout", None)
     assert timeout.timed_out
-    assert parse_summary(BOOKWORM_252) == Summary("exit-code", None)
+    assert parse_summary(GUEST_ECHO) == Summary("success", None)
     # systemd-run could not even ask PID 1 (no bus, no permission): no unit ran.
     assert parse_summary("Failed to connect to bus: No such file or directory\n") is None
 
