@@ -2,8 +2,9 @@
 
 Layers, later wins: the model's defaults (packaged) < ``/etc/crashhp/crashhp.toml`` <
 ``/etc/crashhp/crashhp.d/*.toml`` in name order. ``--config FILE`` replaces the layering.
-The config names commands that run as root, so a file or directory that anyone but root
-(or the invoking user) can write is refused.
+The config names commands that run as root, so a file is refused when anyone but root
+(or the invoking user) can write it or any directory from / down to it; the descriptor
+that is read is the one checked (see _open_checked).
 """
 
 from __future__ import annotations
@@ -61,6 +62,18 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
+class Runner(enum.StrEnum):
+    AUTO = "auto"  # transient when systemd is PID 1 and reachable, else direct
+    TRANSIENT = "transient"  # each reload step as a transient unit (systemd-run)
+    DIRECT = "direct"  # a child of the daemon, in its own process group
+
+
+class MetricsEnabled(enum.StrEnum):
+    AUTO = "auto"  # write the textfile when its directory exists
+    YES = "yes"
+    NO = "no"
+
+
 class KexecSyscall(enum.StrEnum):
     AUTO = "auto"  # kexec -c --hotplug where allowed, else kexec -a (see kexec.py)
     FILE = "file"  # kexec -s: kexec_file_load (the kernel keeps the header current)
@@ -91,6 +104,12 @@ class Reload(_Section):
     retries: Annotated[Int, Field(ge=0, le=100)] = 5
     backoff_initial_s: Annotated[Float, Field(gt=0, le=3600)] = 1.0
     backoff_max_s: Annotated[Float, Field(gt=0, le=86_400)] = 60.0
+    runner: Runner = Field(
+        default=Runner.AUTO,
+        description="Where a reload command runs: transient = its own systemd unit "
+        "(systemd-run); direct = a child of the daemon; auto = transient when systemd "
+        "is PID 1",
+    )
 
     @field_validator("command")
     @classmethod
@@ -137,6 +156,32 @@ class Events(_Section):
     receive_buffer_bytes: Annotated[Int, Field(ge=1 << 16, le=1 << 30)] = 128 << 20
 
 
+class Metrics(_Section):
+    """The node_exporter textfile (see crashhp.metrics)."""
+
+    enabled: MetricsEnabled = Field(
+        default=MetricsEnabled.AUTO,
+        description="Write the metrics textfile; auto = only when its directory exists "
+        "(node_exporter's package creates it)",
+    )
+    textfile: str = Field(
+        default="/var/lib/prometheus/node-exporter/crashhp.prom",
+        description="The file node_exporter's textfile collector reads; absolute, ending in .prom",
+    )
+    interval_s: Annotated[Float, Field(ge=1, le=3600)] = Field(
+        default=30.0,
+        description="Rewrite it at least this often, so that an alert on "
+        "node_textfile_mtime_seconds sees a stopped daemon",
+    )
+
+    @field_validator("textfile")
+    @classmethod
+    def _textfile_path(cls, value: str) -> str:
+        if not value.startswith("/") or not value.endswith(".prom") or "\0" in value:
+            raise ValueError("must be an absolute path ending in .prom")
+        return value
+
+
 class Log(_Section):
     level: LogLevel = LogLevel.INFO
     format: LogFormat = LogFormat.AUTO
@@ -148,6 +193,7 @@ class Config(_Section):
     reload: Reload = Reload()
     kexec: Kexec = Kexec()
     events: Events = Events()
+    metrics: Metrics = Metrics()
     log: Log = Log()
 
     @model_validator(mode="after")
@@ -209,8 +255,16 @@ def load_config(path: Path | None = None, *, etc: Path = ETC_DIR) -> LoadedConfi
             files.append(main)
         dropins = etc / "crashhp.d"
         if dropins.is_dir():
-            _check_writers(dropins, dropins)
-            files.extend(sorted(p for p in dropins.glob("*.toml") if not p.name.startswith(".")))
+            fd = _open_checked(dropins, directory=True)
+            try:
+                names = os.listdir(fd)
+            finally:
+                os.close(fd)
+            files.extend(
+                dropins / name
+                for name in sorted(names)
+                if name.endswith(".toml") and not name.startswith(".")
+            )
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for file in files:
@@ -226,25 +280,21 @@ def load_config(path: Path | None = None, *, etc: Path = ETC_DIR) -> LoadedConfi
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    fd = _open_checked(path, directory=False)
     try:
-        real = path.resolve(strict=True)
-        st = real.stat()
-    except FileNotFoundError:
-        raise ConfigError(path, None, "no such file") from None
+        size = os.fstat(fd).st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(path, None, f"file too large ({size} bytes, limit {MAX_FILE_BYTES})")
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            raw = stream.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(path, None, exc.strerror or str(exc)) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(path, None, "not a regular file")
-    _check_writers(path, real)
-    _check_writers(path, real.parent)
-    if st.st_size > MAX_FILE_BYTES:
-        raise ConfigError(
-            path, None, f"file too large ({st.st_size} bytes, limit {MAX_FILE_BYTES})"
-        )
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_FILE_BYTES:  # grew since the fstat
+        raise ConfigError(path, None, f"file too large (limit {MAX_FILE_BYTES} bytes)")
     try:
-        raw = real.read_bytes()[: MAX_FILE_BYTES + 1]
-        text = raw.decode("utf-8")
-        return tomllib.loads(text)
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(path, None, f"not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
@@ -253,21 +303,97 @@ def _read_toml(path: Path) -> dict[str, Any]:
         # tomllib parses nested arrays and inline tables recursively: `x = [[[[...` a few
         # thousand deep (a few KiB) would otherwise end the daemon with a traceback.
         raise ConfigError(path, None, "invalid TOML: nested too deeply") from None
-    except OSError as exc:
-        raise ConfigError(path, None, exc.strerror or str(exc)) from None
 
 
-def _check_writers(shown: Path, real: Path) -> None:
-    """Refuse ``real`` if anyone but root or the caller can write it."""
-    st = real.stat()
-    trusted = {0, os.geteuid()}
-    what = "directory" if stat.S_ISDIR(st.st_mode) else "file"
-    if st.st_uid not in trusted:
+# Config files name commands that run as root. Like OpenSSH's StrictModes (safe_path()),
+# the file and every directory from / down to it must be owned by root (or the caller)
+# and writable by no one else; the file is opened by the descriptor walk below and the
+# descriptor actually read is the one checked, so nothing can be swapped in between.
+# Where OpenSSH refuses any group or other write bit, two cases are accepted: a directory
+# with the sticky bit (/tmp: others may add entries but not rename or replace ours, and
+# every entry we pass through is checked for its owner), and group write for group 0.
+MAX_SYMLINKS = 40  # as the kernel's path walk
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_checked(shown: Path, *, directory: bool) -> int:
+    """An fd for ``shown`` (a regular file, or a directory to list), every step checked.
+
+    Each component is opened with O_NOFOLLOW relative to its checked parent. A symbolic
+    link (whose owner is checked too) is read and its target walked the same way, so a
+    link in /etc/crashhp/crashhp.d to a file elsewhere still works, and the file and the
+    directories it is in are what gets checked. Raises ConfigError.
+    """
+    path = os.path.abspath(shown)
+    hops = 0
+    while True:
+        parts = [p for p in path.split("/") if p]
+        if not parts and not directory:
+            raise ConfigError(shown, None, "not a regular file")
+        fd = os.open("/", _DIR_FLAGS)
+        try:
+            _check_writers(shown, "/", os.fstat(fd))
+            for i, name in enumerate(parts):
+                here = "/" + "/".join(parts[: i + 1])
+                last = i == len(parts) - 1
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    hops += 1
+                    if hops > MAX_SYMLINKS:
+                        raise ConfigError(shown, None, "too many levels of symbolic links")
+                    _check_writers(shown, here, st)
+                    base = "/" + "/".join(parts[:i])
+                    target = os.readlink(name, dir_fd=fd)
+                    path = os.path.normpath(os.path.join(base, target, *parts[i + 1 :]))
+                    break
+                if last and not directory:
+                    if not stat.S_ISREG(st.st_mode):  # never open a FIFO or a device
+                        raise ConfigError(shown, None, "not a regular file")
+                    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                    child = os.open(name, flags | os.O_CLOEXEC, dir_fd=fd)
+                elif last:
+                    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+                    child = os.open(name, flags, dir_fd=fd)
+                else:
+                    child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+                opened = os.fstat(fd)
+                if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
+                    raise ConfigError(shown, None, f"{here} changed while it was checked")
+                if last and not directory and not stat.S_ISREG(opened.st_mode):
+                    raise ConfigError(shown, None, "not a regular file")
+                _check_writers(shown, here, opened)
+            else:
+                result, fd = fd, -1
+                return result
+        except FileNotFoundError:
+            raise ConfigError(shown, None, "no such file") from None
+        except NotADirectoryError:
+            raise ConfigError(shown, None, "a path component is not a directory") from None
+        except OSError as exc:
+            raise ConfigError(shown, None, exc.strerror or str(exc)) from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+
+def _check_writers(shown: Path, real: str, st: os.stat_result) -> None:
+    """Refuse ``real`` (described by ``st``) if anyone but root or the caller may change it."""
+    if stat.S_ISDIR(st.st_mode):
+        what = "directory"
+    elif stat.S_ISLNK(st.st_mode):
+        what = "symbolic link"
+    else:
+        what = "file"
+    if st.st_uid not in {0, os.geteuid()}:
         raise ConfigError(shown, None, f"{what} {real} is owned by uid {st.st_uid}, not root")
+    if stat.S_ISLNK(st.st_mode):
+        return  # a link's own mode bits mean nothing; its directory and target are checked
     sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
     if st.st_mode & stat.S_IWOTH and not sticky:
         raise ConfigError(shown, None, f"{what} {real} is writable by everyone")
-    if st.st_mode & stat.S_IWGRP and st.st_gid not in trusted and not sticky:
+    if st.st_mode & stat.S_IWGRP and st.st_gid != 0 and not sticky:
         raise ConfigError(shown, None, f"{what} {real} is writable by group {st.st_gid}")
 
 
