@@ -23,7 +23,7 @@ from pathlib import Path
 from crashhp import config
 
 # The daemon's protection states, in the order they are exported (one-hot).
-PROTECTION_STATES = ("protected", "not-loaded", "unprotected", "stale", "no-kexec")
+PROTECTION_STATES = ("protected", "fadump", "not-loaded", "unprotected", "stale", "no-kexec")
 TEXTFILE_MODE = 0o644
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 

@@ -23,6 +23,7 @@ from typing import Any
 from crashhp import kernel, logs, persist
 from crashhp.arch import rules as arch_rules
 from crashhp.config import ConfigError, LoadedConfig
+from crashhp.exporter import Exporter
 from crashhp.logs import get_logger
 from crashhp.machine import state_fields
 from crashhp.messages import Log, Lost, Publish, Purpose, Reconfigured, Stop, Tick, Uevents
@@ -63,6 +64,7 @@ class Service(Shell):
         self._watchdog_at = 0.0
         self._last_status = ""
         self._invocation = os.environ.get("INVOCATION_ID") or None
+        self._exporter = Exporter(self._warn)
 
     # ---- start and stop ---------------------------------------------------------------
 
@@ -119,7 +121,8 @@ class Service(Shell):
 
     def turn(self, max_wait: float | None = None) -> None:
         """One turn: wait for an fd or the next deadline, then hand both to the engine."""
-        deadlines = [d for d in (self.wake, self._watchdog_due()) if d is not None]
+        due = (self.wake, self._watchdog_due(), self._exporter.due)
+        deadlines = [d for d in due if d is not None]
         timeout = max(0.0, min(deadlines) - self.clock()) if deadlines else None
         if max_wait is not None:
             timeout = max_wait if timeout is None else min(timeout, max_wait)
@@ -134,6 +137,8 @@ class Service(Shell):
         if self._watchdog_s and now >= self._watchdog_at + self._watchdog_s:
             self._notifier.notify("WATCHDOG=1")
             self._watchdog_at = now
+        if self._exporter.due is not None and now >= self._exporter.due:
+            self._exporter.write(self.engine.snapshot(now), self.config, now)
         self.feed(Tick(now))
 
     def _watchdog_due(self) -> float | None:
@@ -167,6 +172,7 @@ class Service(Shell):
                 path=str(self.state_dir / persist.STATE_FILE),
                 reason=exc.strerror or str(exc),
             )
+        self._exporter.write(snapshot, self.config, self.clock())
 
     # ---- events -----------------------------------------------------------------------
 
@@ -241,6 +247,9 @@ class Service(Shell):
             self.logger.info("config_loaded", files=files, policy=loaded.config.policy.value)
             self.feed(Reconfigured(self.clock(), loaded.config))
         self._notifier.notify(f"READY=1\nSTATUS={self._last_status}")
+
+    def _warn(self, event: str, **fields: Any) -> None:
+        self.logger.warning(event, **fields)  # self.logger changes at SIGHUP
 
     def _buffer_not_raised(self, why: str) -> None:
         self.logger.warning("receive_buffer_not_raised", reason=why)

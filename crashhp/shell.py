@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from crashhp import kernel, reload
+from crashhp import kernel, reload, runners
 from crashhp.config import Config
 from crashhp.engine import Engine
 from crashhp.lock import ReloadLock
@@ -31,7 +31,7 @@ from crashhp.messages import (
     Unlock,
     WakeAt,
 )
-from crashhp.process import DirectRunner, Process, Result, Runner
+from crashhp.process import Process, Result, Runner
 
 
 class Shell:
@@ -49,7 +49,8 @@ class Shell:
     ) -> None:
         self.reader = reader
         self.clock = clock
-        self.runner: Runner = runner or DirectRunner(clock)
+        # None: the runner reload.runner asks for, chosen at each step (config can change).
+        self.runner: Runner | None = runner
         self.state_dir = state_dir
         self.lock = ReloadLock(state_dir)
         self.running: Process | None = None
@@ -121,7 +122,8 @@ class Shell:
             if not free:
                 why = f"another crashhp reload holds {self.lock.path}"
                 return Exited(now, Result(argv, None, 0.0, error=why, busy=True))
-        started = self.runner.start(argv, timeout_s)
+        runner = self.runner or runners.for_config(self.config, self.clock)
+        started = runner.start(argv, timeout_s)
         if isinstance(started, Result):
             return Exited(now, started)
         self.running = started
