@@ -273,6 +273,11 @@ class Agent:
                 raise VmError(f"agent {op} {args}: {reply['error']}")
             return reply
 
+    def fire(self, op: str, **args: Any) -> None:
+        """Send a request and do not wait for its answer (one that ends the guest)."""
+        self._id += 1
+        self.io.send({"id": self._id, "op": op, **args})
+
     def wait_ready(self, deadline: float) -> None:
         while True:
             try:
@@ -320,11 +325,14 @@ class Vm:
         name: str = "guest",
         cmdline: str = CMDLINE,
         acpi_fix: bool = True,
+        no_reboot: bool = False,
     ) -> None:
         self.assets = assets
         self.name = name
         self.cmdline = cmdline
         self.acpi_fix = acpi_fix and assets.acpi_cpio is not None
+        # QEMU exits where the guest would reboot: a crash with no crash kernel ends the VM.
+        self.no_reboot = no_reboot
         self.dir = Path(tempfile.mkdtemp(prefix=f"crashhp-vm-{name}-"))
         self.serial_log = self.dir / "serial.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -404,6 +412,7 @@ class Vm:
             str(initrd),
             "-append",
             self.cmdline,
+            *(["-no-reboot"] if self.no_reboot else []),
         ]
         self.proc = subprocess.Popen(
             argv,
