@@ -19,12 +19,15 @@ kdump-compressed files (`parse_kdump_compressed`) for the distribution's dump pa
 from __future__ import annotations
 
 import base64
+import os
 import re
 import struct
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.system.cpio import CpioWriter
 from tests.system.vm import Vm, VmError
@@ -422,6 +425,19 @@ def install_dumpcheck_initrd(vm: Vm, path: str = GUEST_CRASH_INITRD) -> None:
     ).check()
 
 
+def install_tree(vm: Vm, tree: Path) -> None:
+    """Copy an extracted package tree (`assets.ensure_tools`) into the running guest."""
+    links: list[str] = []
+    for path in sorted(tree.rglob("*")):
+        target = "/" + str(path.relative_to(tree))
+        if path.is_symlink():
+            links += [os.readlink(path), target]
+        elif path.is_file():
+            vm.agent.write_file(target, path.read_bytes(), path.stat().st_mode & 0o7777)
+    script = 'while [ $# -gt 0 ]; do ln -sfn "$1" "$2"; shift 2; done'
+    vm.agent.run(["/bin/sh", "-ec", script, "links", *links], 60).check()
+
+
 def machine_now(vm: Vm) -> Machine:
     ram, crash = parse_iomem(vm.agent.read_text("/proc/iomem"))
     online = parse_cpulist(vm.agent.read_text("/sys/devices/system/cpu/online"))
@@ -435,11 +451,15 @@ class Crash:
     crash_hotplug: tuple[str, str]
     crash_to_off_s: float
     serial: str
+    # The crash kernel came up as an ordinary boot (the guest agent answered): it will not
+    # save a dump, so the guest was stopped; why, in words.
+    booted_instead: str | None = None
 
 
-def crash(vm: Vm, timeout_s: float = CRASH_TIMEOUT_S) -> Crash:
+def crash(vm: Vm, timeout_s: float = CRASH_TIMEOUT_S, *, watch_agent: bool = False) -> Crash:
     """Read the machine, panic the guest, wait for QEMU to end (the crash kernel powers off;
-    with nothing loaded the guest reboots, which a `no_reboot` Vm turns into an exit)."""
+    with nothing loaded the guest reboots, which a `no_reboot` Vm turns into an exit).
+    `watch_agent`: stop early when the crash kernel booted an ordinary system instead."""
     machine = machine_now(vm)
     loaded = vm.agent.read_text("/sys/kernel/kexec_crash_loaded").strip() == "1"
     hotplug = tuple(
@@ -452,15 +472,42 @@ def crash(vm: Vm, timeout_s: float = CRASH_TIMEOUT_S) -> Crash:
     proc = vm.proc
     if proc is None:
         raise VmError("VM not started")
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        raise VmError(
-            f"the guest was still running {timeout_s:.0f} s after the crash\n{vm.serial_tail()}"
-        ) from None
+    deadline = start + timeout_s
+    booted: str | None = None
+    while True:
+        try:
+            proc.wait(timeout=min(10.0, max(0.1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            pass
+        else:
+            break
+        if watch_agent:
+            booted = _booted_instead(vm)
+            if booted is not None:
+                vm.close()
+                break
+        if time.monotonic() > deadline:
+            raise VmError(
+                f"the guest was still running {timeout_s:.0f} s after the crash\n{vm.serial_tail()}"
+            )
     took = time.monotonic() - start
     serial = vm.serial_log.read_text(errors="replace")
-    return Crash(machine, loaded, (hotplug[0], hotplug[1]), took, serial)
+    return Crash(machine, loaded, (hotplug[0], hotplug[1]), took, serial, booted)
+
+
+def _booted_instead(vm: Vm) -> str | None:
+    """If the guest agent answers after the crash, the crash kernel booted the default target
+    (an ordinary boot, agent and all) rather than the dump unit: say what it runs."""
+    try:
+        vm.agent.request("ping", timeout=3.0)
+        cmdline = vm.agent.read_text("/proc/cmdline").strip()
+        unit = vm.agent.run(["systemctl", "is-active", "kdump-tools-dump.service"], 30)
+    except (VmError, OSError):
+        return None
+    return (
+        "the crash kernel booted the default target instead of kdump-tools-dump.service "
+        f"({unit.stdout.strip() or '?'}); its command line: {cmdline}"
+    )
 
 
 def check_crash(c: Crash) -> DumpReport:
@@ -519,3 +566,76 @@ def table(rows: Sequence[tuple[str, str, str, str, DumpReport]]) -> str:
     ]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# ---- the distribution's dump path: what kdump-tools saved into /var/crash on the disk ----------
+
+
+def debugfs(image: Path, request: str, timeout: float = 120.0) -> str:
+    proc = subprocess.run(
+        ["debugfs", "-R", request, str(image)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise VmError(f"debugfs -R {request!r} {image}: {proc.stderr[-1000:]}")
+    return proc.stdout
+
+
+def list_dir(image: Path, path: str) -> list[tuple[str, bool, int]]:
+    """(name, is a directory, size) of the entries of `path` in an ext4 image."""
+    entries = []
+    for line in debugfs(image, f'ls -p "{path}"').splitlines():
+        # /inode/mode/uid/gid/name/size/
+        parts = line.strip().split("/")
+        if len(parts) < 7 or parts[5] in (".", ".."):
+            continue
+        mode = int(parts[2], 8)
+        entries.append((parts[5], mode & 0o170000 == 0o040000, int(parts[6] or 0)))
+    return entries
+
+
+def saved_dump(image: Path, coredir: str = "/var/crash") -> str | None:
+    """The newest dump file kdump-tools saved (`$KDUMP_COREDIR/<stamp>/dump.<stamp>`)."""
+    found = []
+    for name, is_dir, _ in list_dir(image, coredir):
+        if not is_dir:
+            continue
+        for file, file_is_dir, size in list_dir(image, f"{coredir}/{name}"):
+            if file.startswith("dump.") and not file_is_dir and size > 0:
+                found.append(f"{coredir}/{name}/{file}")
+    return max(found) if found else None
+
+
+def read_from_image(image: Path, path: str) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="crashhp-dump-") as tmp:
+        out = Path(tmp) / "file"
+        debugfs(image, f'dump "{path}" "{out}"', timeout=600)
+        return out.read_bytes()
+
+
+def check_saved(c: Crash, image: Path) -> DumpReport:
+    """Judge the dump kdump-tools saved on the disk (kdump-compressed, or ELF with -E)."""
+    source = "makedumpfile"
+    if not c.crash_loaded:
+        return no_dump(c.machine, source, "no crash kernel was loaded at the crash")
+    if c.booted_instead:
+        return no_dump(c.machine, source, c.booted_instead)
+    path = saved_dump(image)
+    if path is None:
+        return no_dump(c.machine, source, "kdump-tools saved no dump in /var/crash")
+    data = read_from_image(image, path)
+    try:
+        if data[:4] == ELF_MAGIC:
+            core = parse_elf_core(data)
+        else:
+            core = parse_kdump_compressed(data).core()
+    except ValueError as exc:
+        return no_dump(c.machine, source, f"{path}: {exc}")
+    report = judge(c.machine, core, source)
+    report.extra.update(
+        path=path, size_mib=f"{len(data) / MIB:.0f}", crash_to_off_s=f"{c.crash_to_off_s:.1f}"
+    )
+    return report

@@ -194,6 +194,20 @@ class Guest:
         self.crashhp_start()
         self.settle(quiet_s=1.0)
 
+    def upgrade_then_start(self) -> None:
+        """`crashhp upgrade` with crashhp stopped and its state forgotten, then start it: the
+        loaded crash kernel must be hotplug-capable afterwards."""
+        self.crashhp_stop()
+        self.sh("rm -f /run/crashhp/state.json")
+        up = self.vm.agent.run(["crashhp", "upgrade"], 300)
+        if up.rc != 0 or self.crash_hotplug() != ("1", "1"):
+            raise VmError(
+                f"crashhp upgrade: exit {up.rc}, crash_hotplug {self.crash_hotplug()}"
+                f"\n{up.stdout}\n{up.stderr}"
+            )
+        self.crashhp_start()
+        self.settle(quiet_s=1.0)
+
     def journal(self, t0: int, t1: int, *args: str) -> list[dict[str, Any]]:
         """Journal entries (json) between two guest monotonic ns stamps."""
         out = (
