@@ -480,8 +480,9 @@ def ensure_tools(packages: tuple[str, ...] = TOOL_PACKAGES) -> Path:
 
 # On top of the rootfs: what kdump-tools needs to build its kdump initrd in the guest
 # (initramfs-tools, the kernel's modules from its package) and what the boot initrd needs to
-# mount an ext4 root on virtio (e2fsprogs for fsck). The rootfs cpio stays as it is.
-DISK_PACKAGES = ("initramfs-tools", "e2fsprogs", "zstd")
+# mount an ext4 root on virtio (e2fsprogs for fsck), and makedumpfile (kdump-tools only
+# recommends it: without it, it copies /proc/vmcore whole). The rootfs cpio stays as it is.
+DISK_PACKAGES = ("initramfs-tools", "e2fsprogs", "zstd", "makedumpfile")
 DISK_RECIPE_VERSION = 1
 DISK_SIZE = "4G"
 DISK_FSTAB = "/dev/vda / ext4 defaults,errors=remount-ro 0 1\n"

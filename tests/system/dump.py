@@ -221,6 +221,30 @@ def parse_elf_core(data: bytes) -> CoreHeader:
 
 
 KDUMP_SIGNATURE = b"KDUMP   "
+FLAT_SIGNATURE = b"makedumpfile\0"
+FLAT_HEADER_SIZE = 4096
+
+
+def unflatten(data: bytes) -> bytes:
+    """makedumpfile's flattened format (`-F`, what kdump-tools writes through a pipe) back
+    into the file it stands for: after a 4096-byte header, records of (offset, size) and
+    `size` bytes to put at `offset`, until an offset of -1. The integers are big-endian."""
+    if not data.startswith(FLAT_SIGNATURE):
+        return data
+    out = bytearray()
+    pos = FLAT_HEADER_SIZE
+    while pos + 16 <= len(data):
+        offset, size = struct.unpack_from(">qq", data, pos)
+        pos += 16
+        if offset < 0:
+            return bytes(out)
+        if size < 0 or pos + size > len(data):
+            raise ValueError(f"flattened record at {pos - 16} runs past the file")
+        if len(out) < offset + size:
+            out.extend(bytes(offset + size - len(out)))
+        out[offset : offset + size] = data[pos : pos + size]
+        pos += size
+    raise ValueError("flattened dump without its end record (cut off?)")
 
 
 @dataclass(frozen=True)
@@ -604,7 +628,8 @@ def saved_dump(image: Path, coredir: str = "/var/crash") -> str | None:
         if not is_dir:
             continue
         for file, file_is_dir, size in list_dir(image, f"{coredir}/{name}"):
-            if file.startswith("dump.") and not file_is_dir and size > 0:
+            # dump.<stamp> from makedumpfile; vmcore.<stamp> when kdump-tools fell back to cp
+            if file.startswith(("dump.", "vmcore.")) and not file_is_dir and size > 0:
                 found.append(f"{coredir}/{name}/{file}")
     return max(found) if found else None
 
@@ -626,8 +651,8 @@ def check_saved(c: Crash, image: Path) -> DumpReport:
     path = saved_dump(image)
     if path is None:
         return no_dump(c.machine, source, "kdump-tools saved no dump in /var/crash")
-    data = read_from_image(image, path)
     try:
+        data = unflatten(read_from_image(image, path))
         if data[:4] == ELF_MAGIC:
             core = parse_elf_core(data)
         else:
@@ -636,6 +661,9 @@ def check_saved(c: Crash, image: Path) -> DumpReport:
         return no_dump(c.machine, source, f"{path}: {exc}")
     report = judge(c.machine, core, source)
     report.extra.update(
-        path=path, size_mib=f"{len(data) / MIB:.0f}", crash_to_off_s=f"{c.crash_to_off_s:.1f}"
+        path=path,
+        size_mib=f"{len(data) / MIB:.0f}",
+        crash_to_off_s=f"{c.crash_to_off_s:.1f}",
+        format="ELF" if data[:4] == ELF_MAGIC else "kdump-compressed",
     )
     return report

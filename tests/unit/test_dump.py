@@ -284,3 +284,21 @@ def test_table_has_the_issue_columns() -> None:
     assert text.splitlines()[0].split(" | ")[-1].strip() == "notes / online CPUs"
     assert text.splitlines()[2].split(" | ")[4].strip() == "NO"
     assert "1 / 2" in text
+
+
+def flatten(data: bytes, chunk: int) -> bytes:
+    """makedumpfile -F: a header, then (offset, size, bytes) records, out of order."""
+    head = b"makedumpfile".ljust(16, b"\0") + struct.pack(">qq", 1, 1)
+    out = head.ljust(dump.FLAT_HEADER_SIZE, b"\0")
+    pieces = [(i, data[i : i + chunk]) for i in range(0, len(data), chunk)]
+    for offset, piece in reversed(pieces):
+        out += struct.pack(">qq", offset, len(piece)) + piece
+    return out + struct.pack(">qq", -1, -1)
+
+
+def test_unflatten_puts_every_record_at_its_offset() -> None:
+    data = kdump_compressed([(1, 159)], 4096, [prstatus(0)], nr_cpus=1)
+    assert dump.unflatten(flatten(data, 1000)) == data
+    assert dump.unflatten(data) == data  # not flattened: as it is
+    with pytest.raises(ValueError, match="end record"):
+        dump.unflatten(flatten(data, 1000)[:-16])
