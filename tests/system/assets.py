@@ -593,9 +593,10 @@ def ensure_disk(assets: Assets) -> Disk:
         # modules (MODULES=dep): leave that to kdump-config in the guest, as on a real machine.
         hook = tree / KDUMP_KERNEL_HOOK
         hook.chmod(0o644)
-        libs = [d for d in debs if d.name.startswith("lib")]
-        _chroot_dpkg(tree, libs)
-        _chroot_dpkg(tree, [d for d in debs if d not in libs])
+        # Twice: the first pass leaves out what pre-depends on a package it installs.
+        with contextlib.suppress(RuntimeError):
+            _chroot_dpkg(tree, debs)
+        _chroot_dpkg(tree, debs)
         hook.chmod(0o755)
         shutil.rmtree(inside)
         (tree / "etc/fstab").write_text(DISK_FSTAB)

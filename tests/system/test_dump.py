@@ -220,7 +220,7 @@ def test_dump_race_dimm_during_a_held_reload(crash_guest: CrashGuest) -> None:
         cpu_cycle(g, 1)  # the burst that makes crashhp reload (kexec_load image: 0/0)
         if not g.vm.agent.wait_path(RACE_HELD, 60):
             why = g.sh("journalctl -u crashhp.service -n 5 -o cat --no-pager; true")
-        raise VmError(f"crashhp's reload never reached kexec_load: {g.reload_log()}\n{why}")
+            raise VmError(f"crashhp's reload never reached kexec_load: {g.reload_log()}\n{why}")
         g.vm.dimm_add(g.new_dimm())
 
     out = g.measure("R", "CPU off+on; +1 GiB during the held load", "hotplug", race)
