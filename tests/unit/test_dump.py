@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import base64
 import struct
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.system import dump
+from tests.system.cpio import CpioWriter
 from tests.system.dump import MIB, CoreHeader, Machine, Note
+from tests.system.vm import write_into_image
 
 GIB = 1024 * MIB
 IOMEM = """\
@@ -302,3 +306,52 @@ def test_unflatten_puts_every_record_at_its_offset() -> None:
     assert dump.unflatten(data) == data  # not flattened: as it is
     with pytest.raises(ValueError, match="end record"):
         dump.unflatten(flatten(data, 1000)[:-16])
+
+
+# ---- ext4 images through debugfs (real mkfs.ext4 and debugfs, no mount) ------------------------
+
+
+def ext4_image(tmp_path: Path, tree: Path) -> Path:
+    image = tmp_path / "disk.img"
+    subprocess.run(
+        ["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), "16M"],
+        check=True,
+        timeout=60,
+        capture_output=True,
+    )
+    return image
+
+
+def test_saved_dump_is_found_and_read_back(tmp_path: Path) -> None:
+    data = kdump_compressed([(1, 159)], 4096, [prstatus(0)], nr_cpus=1)
+    stamp = tmp_path / "tree/var/crash/202611271501"
+    stamp.mkdir(parents=True)
+    (stamp / "dmesg.202611271501").write_text("[0.0] Linux\n")
+    (stamp / "dump.202611271501").write_bytes(flatten(data, 512))
+    (tmp_path / "tree/var/crash/kexec_cmd").write_text("/sbin/kexec -p ...\n")
+    image = ext4_image(tmp_path, tmp_path / "tree")
+    path = dump.saved_dump(image)
+    assert path == "/var/crash/202611271501/dump.202611271501"
+    assert dump.unflatten(dump.read_from_image(image, path)) == data
+
+
+def test_no_saved_dump(tmp_path: Path) -> None:
+    (tmp_path / "tree/var/crash").mkdir(parents=True)
+    assert dump.saved_dump(ext4_image(tmp_path, tmp_path / "tree")) is None
+
+
+def test_write_into_image_files_modes_and_links(tmp_path: Path) -> None:
+    (tmp_path / "tree/etc").mkdir(parents=True)
+    (tmp_path / "tree/etc/old").write_text("old\n")
+    image = ext4_image(tmp_path, tmp_path / "tree")
+    w = CpioWriter()
+    w.file("etc/old", b"new\n")
+    w.file("usr/local/bin/tool", b"#!/bin/sh\n", 0o755)
+    w.symlink("usr/bin/tool", "/usr/local/bin/tool")
+    write_into_image(image, w.getvalue())
+    assert dump.read_from_image(image, "/etc/old") == b"new\n"
+    assert dump.read_from_image(image, "/usr/local/bin/tool") == b"#!/bin/sh\n"
+    stat = dump.debugfs(image, "stat /usr/local/bin/tool")
+    assert "Mode:  0755" in stat, stat
+    link = dump.debugfs(image, "stat /usr/bin/tool")
+    assert 'Fast link dest: "/usr/local/bin/tool"' in link, link
