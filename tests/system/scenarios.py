@@ -66,7 +66,11 @@ backoff_initial_s = 1.0
 PEER_RULES = "/usr/lib/udev/rules.d/50-kdump-tools.rules"
 UDEVD_DROPIN = "/etc/systemd/system/systemd-udevd.service.d/50-system-test-no-filter.conf"
 PEER_RULES_PARKED = "/opt/crashhp-test/peer/50-kdump-tools.rules"
+KDUMP_DEFAULTS = "/etc/default/kdump-tools"
+UDEVD_DROPIN = "/etc/systemd/system/systemd-udevd.service.d/50-system-test-no-filter.conf"
 SETTLE_QUIET_S = 3.0
+STATE_JSON = "/run/crashhp/state.json"
+RELOAD_EVENTS = ("reload_started", "reload_done", "reload_failed")
 
 Say = Callable[[str], None]
 
@@ -152,6 +156,33 @@ class Guest:
         if not self.crash_loaded():
             raise VmError(f"{' '.join(argv)} succeeded but kexec_crash_loaded is 0")
 
+    # -- the peer: Debian's kdump-tools ------------------------------------------------------
+    def seed_kdump_tools(self, kexec_args: str | None = None) -> None:
+        """What kdump-config needs to load CRASH_INITRD here (VM-NOTES trap 5: without a
+        matching sysctl stamp it deletes its initrd), and its kexec arguments: None leaves
+        them as Debian ships them (plain `kexec -p`: a file load with kexec-tools 2.0.29)."""
+        k = self.kver
+        self.sh(
+            "mkdir -p /var/lib/kdump /etc/kdump /var/crash && touch /etc/kdump/sysctl.conf && "
+            f"cp {CRASH_INITRD} /var/lib/kdump/initrd.img-{k} && "
+            f"cp /etc/kdump/sysctl.conf /var/lib/kdump/latest_sysctls-{k}"
+        )
+        if kexec_args is not None:
+            self.sh(f"echo 'KDUMP_KEXEC_ARGS=\"{kexec_args}\"' >>{KDUMP_DEFAULTS}")
+
+    def kdump_config_load(self) -> None:
+        self.unload()
+        self.vm.agent.run(["kdump-config", "load"], 180).check()
+        if not self.crash_loaded():
+            raise VmError("kdump-config load succeeded but kexec_crash_loaded is 0")
+
+    def peer_rules_on(self, *, lifted: bool = False) -> None:
+        """kdump-tools' udev rules active; `lifted`: udevd without its system call filter."""
+        if lifted:
+            self.vm.agent.write_file(UDEVD_DROPIN, "[Service]\nSystemCallFilter=\n")
+            self.sh("systemctl daemon-reload && systemctl restart systemd-udevd", 120)
+        self.sh(f"cp {PEER_RULES_PARKED} {PEER_RULES} && udevadm control --reload")
+
     # -- crashhp ---------------------------------------------------------------------------
     def crashhp_stop(self) -> None:
         self.vm.agent.run(["systemctl", "stop", "crashhp.service"], 60).check()
@@ -168,6 +199,20 @@ class Guest:
         self.crashhp_stop()
         self.sh("rm -f /run/crashhp/state.json")
         self.load(mode)
+        self.crashhp_start()
+        self.settle(quiet_s=1.0)
+
+    def upgrade_then_start(self) -> None:
+        """`crashhp upgrade` with crashhp stopped and its state forgotten, then start it: the
+        loaded crash kernel must be hotplug-capable afterwards."""
+        self.crashhp_stop()
+        self.sh("rm -f /run/crashhp/state.json")
+        up = self.vm.agent.run(["crashhp", "upgrade"], 300)
+        if up.rc != 0 or self.crash_hotplug() != ("1", "1"):
+            raise VmError(
+                f"crashhp upgrade: exit {up.rc}, crash_hotplug {self.crash_hotplug()}"
+                f"\n{up.stdout}\n{up.stderr}"
+            )
         self.crashhp_start()
         self.settle(quiet_s=1.0)
 
@@ -230,8 +275,10 @@ class Guest:
                 self.vm.agent.write_file(path, "online_movable")
 
     def settle(self, quiet_s: float = SETTLE_QUIET_S, timeout: float = 180.0) -> None:
-        """Wait until udev is idle, no reload runs, and neither the recorder nor crashhp's
-        journal saw anything for quiet_s (crashhp's retries are seconds apart)."""
+        """Wait until udev is idle, neither the recorder nor crashhp's journal saw anything for
+        quiet_s (crashhp's retries are seconds apart), the test's reload command is not
+        running, and crashhp itself says no reload of its own is under way or owed a retry:
+        a silent method (kdump-config's unload-then-load) can be quiet for seconds mid-way."""
         deadline = time.monotonic() + timeout
         self.vm.agent.run(["udevadm", "settle", f"--timeout={int(timeout)}"], timeout + 5)
         while True:
@@ -241,11 +288,56 @@ class Guest:
             last = max(last, self._last_journal_ns())
             starts = sum(1 for line in self.reload_log() if line.startswith("start"))
             dones = sum(1 for line in self.reload_log() if line.startswith("done"))
+            busy = None
             if now - last >= quiet_s * 1e9 and starts == dones:
-                return
+                busy = self.crashhp_reloading()
+                if busy is None:
+                    return
             if time.monotonic() > deadline:
-                raise VmError(f"guest did not settle within {timeout} s")
+                raise VmError(f"guest did not settle within {timeout} s ({busy or 'not quiet'})")
             time.sleep(0.5)
+
+    def crashhp_reloading(self) -> str | None:
+        """Why crashhp is not done with a reload, in its own words (state.json, and the last
+        of its reload_started / reload_done / reload_failed in the journal); None if done or
+        not running."""
+        shown = self.vm.agent.run(
+            ["systemctl", "show", "-p", "ActiveState", "-p", "MainPID", "crashhp.service"], 30
+        ).stdout
+        props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        pid = props.get("MainPID", "0")
+        if props.get("ActiveState") not in ("active", "reloading") or pid == "0":
+            return None
+        try:
+            state = json.loads(self.vm.agent.read_text(STATE_JSON))
+        except (VmError, ValueError):
+            state = None
+        if isinstance(state, dict) and str(state.get("pid")) == pid and state.get("reloading"):
+            return "crashhp's state.json says reloading"
+        out = self.vm.agent.run(
+            [
+                "journalctl",
+                "-u",
+                "crashhp.service",
+                f"_PID={pid}",
+                *(f"CRASHHP_EVENT={e}" for e in RELOAD_EVENTS),
+                "-n",
+                "1",
+                "-o",
+                "json",
+                "--no-pager",
+            ],
+            30,
+        ).stdout
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if not lines:
+            return None
+        entry = json.loads(lines[-1])
+        if entry.get("CRASHHP_EVENT") == "reload_started":
+            return f"crashhp logged reload_started ({entry.get('METHOD')}) and no end yet"
+        if entry.get("CRASHHP_EVENT") == "reload_failed" and entry.get("RETRY_IN_S"):
+            return f"crashhp retries a failed reload in {entry['RETRY_IN_S']} s"
+        return None
 
     def _last_journal_ns(self) -> int:
         out = self.vm.agent.run(

@@ -15,6 +15,7 @@ import base64
 import contextlib
 import fcntl
 import json
+import os
 import select
 import shutil
 import socket
@@ -27,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from tests.system.assets import Assets, cache_root
+from tests.system.assets import Assets, Disk, cache_root
 from tests.system.cpio import CpioWriter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +141,55 @@ def overlay_cpio() -> bytes:
         w.file(f"etc/systemd/system/{name}", text)
         w.symlink(f"etc/systemd/system/multi-user.target.wants/{name}", f"../{name}")
     return w.getvalue()
+
+
+def _copy_disk(src: Path, dest: Path) -> None:
+    subprocess.run(
+        ["cp", "--sparse=always", "--reflink=auto", str(src), str(dest)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+
+
+def write_into_image(image: Path, archive: bytes) -> None:
+    """Put the files of a newc cpio into an ext4 image with debugfs (no mount, no root fs
+    privileges): what `overlay_cpio` adds to an initramfs boot, for a disk boot."""
+    with tempfile.TemporaryDirectory(prefix="crashhp-overlay-") as tmp:
+        root = Path(tmp)
+        subprocess.run(
+            ["cpio", "-idm", "--quiet"],
+            input=archive,
+            cwd=root,
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        paths = sorted(root.rglob("*"), key=lambda p: (len(p.parts), str(p)))
+        cmds: list[str] = []
+        for path in paths:
+            dest = "/" + str(path.relative_to(root))
+            if path.is_symlink():
+                cmds += [f'rm "{dest}"', f'symlink "{dest}" "{os.readlink(path)}"']
+            elif path.is_dir():
+                cmds.append(f'mkdir "{dest}"')
+            else:
+                mode = 0o100000 | (path.stat().st_mode & 0o7777)
+                cmds += [f'rm "{dest}"', f'write "{path}" "{dest}"', f'sif "{dest}" mode 0{mode:o}']
+        script = root.parent / f"{root.name}.debugfs"
+        script.write_text("\n".join(cmds) + "\n")
+        try:
+            proc = subprocess.run(
+                ["debugfs", "-w", "-f", str(script), str(image)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+        finally:
+            script.unlink()
+        if proc.returncode != 0:
+            raise VmError(f"debugfs -w {image} failed: {proc.stderr[-2000:]}")
 
 
 class _Lines:
@@ -275,6 +325,11 @@ class Agent:
                 raise VmError(f"agent {op} {args}: {reply['error']}")
             return reply
 
+    def fire(self, op: str, **args: Any) -> None:
+        """Send a request and do not wait for its answer (one that ends the guest)."""
+        self._id += 1
+        self.io.send({"id": self._id, "op": op, **args})
+
     def wait_ready(self, deadline: float) -> None:
         while True:
             try:
@@ -322,11 +377,17 @@ class Vm:
         name: str = "guest",
         cmdline: str = CMDLINE,
         acpi_fix: bool = True,
+        no_reboot: bool = False,
+        disk: Disk | None = None,
     ) -> None:
         self.assets = assets
         self.name = name
         self.cmdline = cmdline
         self.acpi_fix = acpi_fix and assets.acpi_cpio is not None
+        # QEMU exits where the guest would reboot: a crash with no crash kernel ends the VM.
+        self.no_reboot = no_reboot
+        # Boot from an ext4 disk image (a copy per boot) instead of the rootfs initramfs.
+        self.disk = disk
         self.dir = Path(tempfile.mkdtemp(prefix=f"crashhp-vm-{name}-"))
         self.serial_log = self.dir / "serial.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -389,11 +450,20 @@ class Vm:
             if self.acpi_fix:
                 assert self.assets.acpi_cpio is not None
                 out.write(self.assets.acpi_cpio.read_bytes())
-            with self.assets.rootfs_cpio.open("rb") as src:
-                shutil.copyfileobj(src, out, 4 << 20)
-            if self.assets.kernel_cpio is not None:
-                out.write(self.assets.kernel_cpio.read_bytes())
-            out.write(overlay_cpio())
+            if self.disk is not None:
+                out.write(self.disk.initrd.read_bytes())
+            else:
+                with self.assets.rootfs_cpio.open("rb") as src:
+                    shutil.copyfileobj(src, out, 4 << 20)
+                if self.assets.kernel_cpio is not None:
+                    out.write(self.assets.kernel_cpio.read_bytes())
+                out.write(overlay_cpio())
+        drive: list[str] = []
+        if self.disk is not None:
+            image = self.dir / "disk.img"
+            _copy_disk(self.disk.image, image)
+            write_into_image(image, overlay_cpio())
+            drive = ["-drive", f"file={image},if=virtio,format=raw"]
         argv = [
             QEMU,
             *hardware_args(),
@@ -413,6 +483,8 @@ class Vm:
             str(initrd),
             "-append",
             self.cmdline,
+            *(["-no-reboot"] if self.no_reboot else []),
+            *drive,
         ]
         self.proc = subprocess.Popen(
             argv,
