@@ -46,7 +46,7 @@ system:
 system-full: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m system tests/system
 
-# The kernel matrix alone, all its steps (about 7 minutes with the assets cached).
+# The kernel matrix alone, all its steps (about 8 minutes with the assets cached).
 matrix: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m system tests/system/test_matrix.py
 
