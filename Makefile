@@ -48,7 +48,7 @@ system:
 system-full: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "system or system_full" tests/system
 
-# The kernel matrix alone, all its steps (about 7 minutes with the assets cached).
+# The kernel matrix alone, all its steps (about 8 minutes with the assets cached).
 matrix: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "system or system_full" tests/system/test_matrix.py
 

@@ -92,6 +92,9 @@ BOOKWORM = Flavour(
     packages=(
         *(p for p in assets.GUEST_PACKAGES if p not in ("python3-pydantic", "python3-structlog")),
         "kmod",
+        # Priority important: on every standard Debian 12 install, not in minbase; the
+        # bookworm .deb depends on it.
+        "procps",
     ),
     modules=("virtio_pci", "virtio_console"),
     wheels=BOOKWORM_WHEELS,

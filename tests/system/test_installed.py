@@ -96,12 +96,10 @@ class Installed:
 _INSTALLS: dict[int, str] = {}
 
 
-@pytest.fixture(scope="session")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The .deb built from the working tree by packaging/build-deb, into a private out dir."""
-    out = tmp_path_factory.mktemp("deb")
+def build_deb(out: Path, pattern: str, *args: str) -> Path:
+    """packaging/build-deb ARGS from the working tree into `out`; the one .deb matching."""
     proc = subprocess.run(
-        [str(REPO / "packaging" / "build-deb"), "--no-lintian"],
+        [str(REPO / "packaging" / "build-deb"), *args, "--no-lintian"],
         cwd=REPO,
         env={**os.environ, "OUT": str(out)},
         capture_output=True,
@@ -110,9 +108,15 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=False,
     )
     assert proc.returncode == 0, f"packaging/build-deb failed:\n{proc.stdout}\n{proc.stderr}"
-    debs = sorted(out.glob("crashhp_*_all.deb"))
+    debs = sorted(out.glob(pattern))
     assert len(debs) == 1, (debs, proc.stdout)
     return debs[0]
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb built from the working tree by packaging/build-deb, into a private out dir."""
+    return build_deb(tmp_path_factory.mktemp("deb"), "crashhp_*_all.deb")
 
 
 @pytest.fixture

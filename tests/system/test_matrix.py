@@ -20,15 +20,21 @@ boot, and it must end with `pool.close()` so that the next kernel boots afresh.
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tests.system import flavours
 from tests.system.measure import Row
-from tests.system.scenarios import Guest, Outcome
+from tests.system.scenarios import Guest, Outcome, cpu_cycle
+from tests.system.test_installed import CONFIG, build_deb
+from tests.system.test_installed import _configure as configure
+from tests.system.test_installed import _install as install_deb
+from tests.system.test_installed import _one_reload as one_reload
 from tests.system.vm import GUEST_PYTHONPATH, Vm
 
 if TYPE_CHECKING:
@@ -217,6 +223,35 @@ def kexec_sysfs(c: Ctx) -> None:
     c.summary.append(f"{c.kernel}: crashhp status with kexec -s -p: {report['verdict']}")
 
 
+def bookworm_package(c: Ctx) -> None:
+    """The bookworm .deb (packaging/build-deb --flavour bookworm, pydantic and structlog
+    vendored) installs with apt-get in the guest, its service starts, and it reloads once
+    for a CPU offline+online with kexec_load. Last on its boot: it replaces the working
+    tree's crashhp, and the harness's wheels go first so the package must bring its own."""
+    g = c.g
+    built = Path(tempfile.mkdtemp(prefix="crashhp-deb-bookworm-"))
+    deb = build_deb(built, "crashhp_*~deb12*.deb", "--flavour", "bookworm")
+    g.sh(f"rm -rf /{flavours.DEPS_DIR}")
+    apt = install_deb(g, deb)
+    version = deb.name.split("_")[1]
+    assert f"Setting up crashhp ({version})" in apt, apt
+    # debhelper enabled and started it; the admin's command is a no-op then.
+    assert g.vm.agent.run(["systemctl", "is-enabled", "crashhp"]).stdout.strip() == "enabled"
+    g.vm.agent.run(["systemctl", "enable", "--now", "crashhp"], 90).check()
+    assert g.vm.agent.run(["systemctl", "is-active", "crashhp"]).stdout.strip() == "active"
+    files = g.vm.agent.run(["dpkg", "-L", "crashhp"], 30).check().stdout.split()
+    assert "/usr/lib/crashhp/vendor/pydantic" in files, files
+    configure(g, CONFIG)
+    g.fresh_crashhp("classic")
+    out = g.measure("P", "CPU offline+online", "classic", lambda: cpu_cycle(g, 1))
+    one_reload(out, "kexec")
+    c.row(out, "bookworm .deb, kexec_load")
+    c.summary.append(
+        f"{c.kernel}: {deb.name} ({deb.stat().st_size} bytes) installed with apt-get, "
+        f"service active, CPU offline+online -> {out.row.reloads} reload"
+    )
+
+
 # ---- the matrix -----------------------------------------------------------------------------
 
 
@@ -237,6 +272,7 @@ MATRIX: dict[str, tuple[Step, ...]] = {
         Step(nothing_loaded),
         Step(peer_stock_udevd),
         Step(peer_filter_lifted, full=True),
+        Step(bookworm_package),
     ),
     "trixie-6.12": (Step(boot_facts), Step(kexec_load_burst), Step(nothing_loaded)),
     "trixie-7.3": (
