@@ -180,7 +180,9 @@ def _upgrade(config_file: Path | None, *, dry_run: bool) -> int:
         print(f"loaded with {plan.describe()}, but crash_hotplug still reads 0", file=sys.stderr)
         return 1
     if outcome.crash_loaded:
-        print(f"crashhp: hotplug-capable load failed; loaded the previous way: {fallback}")
+        failed = [e for e in outcome.events if e.event == "upgrade_failed"]
+        why = failed[-1].fields.get("text") if failed else None
+        print(f"crashhp: {why or 'hotplug-capable load failed'}: {fallback}")
         print("crash kernel loaded the previous way; hotplug still needs reloads", file=sys.stderr)
         return 1
     print("crashhp: UNPROTECTED: no crash kernel is loaded", file=sys.stderr)

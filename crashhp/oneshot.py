@@ -125,6 +125,11 @@ class OneShot(Shell):
 
     def log(self, entry: Log) -> None:
         self.outcome.events.append(entry)
+        if entry.event == "upgrade_failed" and self.outcome.plans:
+            # The engine runs the fallback at once, without a MakePlan: it ran too.
+            fallback = self.outcome.plans[-1].fallback
+            if fallback is not None:
+                self.outcome.plans.append(fallback)
         if entry.event == "burst":
             self.outcome.decision = str(entry.fields.get("decision", ""))
             self.outcome.action = str(entry.fields.get("action", ""))

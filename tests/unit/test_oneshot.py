@@ -107,3 +107,49 @@ def test_upgrade_impossible_without_kexec(tmp_path: Path) -> None:
     outcome = OneShot(cfg, upgrade=True, reader=reader, state_dir=tmp_path / "r").run()
     assert outcome.cannot_upgrade
     assert calls(tmp_path) == 0
+
+
+FAKE_KEXEC = """#!/bin/sh
+# kexec-tools 2.0.29 as far as crashhp asks; a --hotplug load fails, any other load works.
+root={root}
+case " $* " in
+*" --help "*) printf '%s\\n' ' -c, --kexec-syscall  Use the kexec_load syscall' \\
+    '     --hotplug        Do in-kernel update of kexec segments'; exit 0 ;;
+*" --hotplug "*) echo hotplug >>"$root/kexec.calls"; exit 1 ;;
+esac
+echo plain >>"$root/kexec.calls"
+echo 1 >"$root/sys/kernel/kexec_crash_loaded"
+"""
+
+
+def test_a_failed_upgrade_counts_its_fallback(tmp_path: Path) -> None:
+    """The --hotplug load fails and the engine loads it the previous way at once: the verb's
+    outcome must say two plans ran (upgrade, fallback), not that the upgrade ran alone (which
+    `crashhp upgrade` reports as "loaded with --hotplug, but crash_hotplug still reads 0")."""
+    reader = machine(tmp_path)
+    (tmp_path / "sys/kernel/crash_elfcorehdr_size").write_text("917616\n")
+    (tmp_path / "proc/cmdline").write_text("root=/dev/vda crashkernel=256M\n")
+    program = tmp_path / "kexec"
+    program.write_text(FAKE_KEXEC.format(root=tmp_path))
+    program.chmod(0o755)
+    (tmp_path / "vmlinuz").write_text("kernel")
+    (tmp_path / "initrd").write_text("initrd")
+    cfg = Config.model_validate(
+        {
+            "coalesce": {"settle_ms": 20},
+            "reload": {"method": "kexec", "runner": "direct", "timeout_s": 10},
+            "kexec": {
+                "program": str(program),
+                "kernel": str(tmp_path / "vmlinuz"),
+                "initrd": str(tmp_path / "initrd"),
+                "syscall": "classic",
+            },
+        }
+    )
+    outcome = OneShot(cfg, upgrade=True, reader=reader, state_dir=tmp_path / "r").run()
+    assert (tmp_path / "kexec.calls").read_text().split() == ["hotplug", "plain"]
+    assert [e.event for e in outcome.events if e.event == "upgrade_failed"] == ["upgrade_failed"]
+    assert [p.purpose for p in outcome.plans] == ["upgrade", "reload"], outcome.plans
+    assert "--hotplug" not in outcome.plans[1].steps[-1]
+    assert outcome.action == "reload"
+    assert outcome.crash_loaded is True
