@@ -250,6 +250,7 @@ def _peer(
     return out, _crash(c, name, out, note)
 
 
+@pytest.mark.system_full  # CI time: B0 and G-c show the incomplete dumps
 def test_dump_peer_as_shipped_file_load(crash_guest: CrashGuest) -> None:
     """kdump-tools as Debian ships it: `kexec -p` is a file load with kexec-tools 2.0.29, so
     the kernel keeps the image current whatever its (failing) udev reloads do."""
@@ -268,6 +269,7 @@ def test_dump_peer_kexec_load_stock_udevd(crash_guest: CrashGuest) -> None:
     assert report.error is None, report.describe()
 
 
+@pytest.mark.system_full  # CI time: B0 and G-c show the incomplete dumps
 def test_dump_peer_kexec_load_filter_lifted(crash_guest: CrashGuest) -> None:
     """The same with udevd's filter lifted: one full reload per event, then a complete dump."""
     out, report = _peer(crash_guest, "G'-c (peer, filter lifted)", "-c", lifted=True)
