@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.system import acpi, flavours
+from tests.system import acpi, flavours, vm
 from tests.system.cpio import CpioWriter
 from tests.system.measure import Row, analyse, table
 
@@ -176,3 +176,14 @@ def test_matrix_covers_every_kernel_with_both_bursts_in_ci() -> None:
             s.name in ("kexec_load_burst", "nothing_loaded") or "peer" in s.name for s in steps
         )
         assert bursts <= 4, f"{kernel}: more bursts than one boot's four DIMM slots"
+
+
+def test_guest_units_follow_the_guests_systemd() -> None:
+    """Bookworm's systemd 252 has no Type=notify-reload: its guest gets the unit the bookworm
+    package ships (notify + ExecReload), trixie's the unit as written."""
+    old = vm.overlay_cpio(vm.SYSTEMD_BY_SUITE["bookworm"])
+    new = vm.overlay_cpio(vm.SYSTEMD_BY_SUITE["trixie"])
+    assert b"\nType=notify\n" in old
+    assert b"\nExecReload=/bin/kill -HUP $MAINPID\n" in old
+    assert b"\nType=notify-reload\n" not in old
+    assert b"\nType=notify-reload\n" in new

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import select
@@ -100,7 +101,22 @@ def _unit(description: str, exec_start: str, extra: str = "") -> bytes:
     ).encode()
 
 
-def overlay_cpio() -> bytes:
+# The guest userland's systemd: the unit in systemd/ is written for the newest and turned into
+# one the older understands as the packages do (packaging/unitfile.py: no notify-reload on 252).
+SYSTEMD_BY_SUITE = {"bookworm": 252, "trixie": 257}
+
+
+def _unit_for(text: str, systemd_version: int) -> str:
+    spec = importlib.util.spec_from_file_location("unitfile", REPO / "packaging" / "unitfile.py")
+    assert spec is not None
+    assert spec.loader is not None
+    unitfile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unitfile)
+    converted: str = unitfile.for_systemd(text, systemd_version)
+    return converted
+
+
+def overlay_cpio(systemd_version: int = SYSTEMD_BY_SUITE["trixie"]) -> bytes:
     """The per-boot archive: crashhp from the working tree, its unit and rules, the agent."""
     w = CpioWriter()
     package = REPO / "crashhp"
@@ -122,7 +138,8 @@ def overlay_cpio() -> bytes:
         w.symlink(alias, "/usr/local/bin/crashhp")
     for unit in sorted((REPO / "systemd").glob("*")):
         if unit.is_file():
-            w.file(f"etc/systemd/system/{unit.name}", unit.read_bytes())
+            unit_text = _unit_for(unit.read_text(), systemd_version)
+            w.file(f"etc/systemd/system/{unit.name}", unit_text.encode())
     for rules in sorted((REPO / "udev").glob("*.rules")):
         w.file(f"etc/udev/rules.d/{rules.name}", rules.read_bytes())
     w.file("opt/crashhp-test/agent.py", (GUEST_DIR / "agent.py").read_bytes())
@@ -438,6 +455,10 @@ class Vm:
             else:
                 return
 
+    def _systemd_version(self) -> int:
+        suite = str(self.assets.manifest.get("suite", "trixie"))
+        return SYSTEMD_BY_SUITE.get(suite, SYSTEMD_BY_SUITE["trixie"])
+
     def start(self) -> None:
         if shutil.which(QEMU) is None:
             raise VmError(f"{QEMU} not found: install qemu-system-x86 (make setup)")
@@ -457,12 +478,12 @@ class Vm:
                     shutil.copyfileobj(src, out, 4 << 20)
                 if self.assets.kernel_cpio is not None:
                     out.write(self.assets.kernel_cpio.read_bytes())
-                out.write(overlay_cpio())
+                out.write(overlay_cpio(self._systemd_version()))
         drive: list[str] = []
         if self.disk is not None:
             image = self.dir / "disk.img"
             _copy_disk(self.disk.image, image)
-            write_into_image(image, overlay_cpio())
+            write_into_image(image, overlay_cpio(self._systemd_version()))
             drive = ["-drive", f"file={image},if=virtio,format=raw"]
         argv = [
             QEMU,
