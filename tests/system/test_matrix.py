@@ -249,7 +249,7 @@ def bookworm_package(c: Ctx) -> None:
     c.row(out, "bookworm .deb, kexec_load")
     c.summary.append(
         f"{c.kernel}: {deb.name} ({deb.stat().st_size} bytes) installed with apt-get, "
-        f"service active, CPU offline+online -> {out.row.reloads} reload"
+        f"service active, +1 CPU -> {out.row.reloads} reload"
     )
 
 
