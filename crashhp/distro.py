@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crashhp.process import SAFE_PATH
+from crashhp.process import which
 from crashhp.shellfiles import (
     DumpCommandUnknown,
     ShellFileError,
@@ -293,10 +292,6 @@ def kdump_tools_command(root: Path = Path("/"), procfs: Path = Path("/proc")) ->
 
 
 # ---- which tool, and what the others need ---------------------------------------------
-
-
-def which(program: str, path: str | None = None) -> str | None:
-    return shutil.which(program, path=path or SAFE_PATH)
 
 
 def tool(root: Path = Path("/"), path: str | None = None) -> str | None:

@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from crashhp import distro, process
 from crashhp.config import Kexec, KexecSyscall
-from crashhp.process import SAFE_PATH
 
 # Parameters of the running kernel that must not reach the crash kernel: its own
 # reservation, CPU and memory sizing that the small crash environment cannot honour,
@@ -176,7 +174,7 @@ def find_program(settings: Kexec) -> str:
         if not os.access(settings.program, os.X_OK):
             raise KexecUnavailable(f"kexec.program {settings.program} is not executable")
         return settings.program
-    found = shutil.which(settings.program, path=SAFE_PATH)
+    found = process.which(settings.program)
     if found is None:
         raise KexecUnavailable(f"{settings.program} not found: install kexec-tools")
     return found

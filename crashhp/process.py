@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -26,6 +27,11 @@ from typing import Protocol
 
 OUTPUT_TAIL_BYTES = 4096
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def which(program: str, path: str | None = None) -> str | None:
+    """``program`` on ``path`` (SAFE_PATH by default): where reload tools are looked up."""
+    return shutil.which(program, path=path or SAFE_PATH)
 
 
 @dataclass(frozen=True, slots=True)

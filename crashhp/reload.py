@@ -7,13 +7,12 @@ on Debian they, and `kdump-config reload`, run under kdump-tools' own lock.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from crashhp import distro, kexec
 from crashhp.config import Config, KexecSyscall, Reload, ReloadMethod
-from crashhp.process import SAFE_PATH
+from crashhp.process import which
 
 # What each distribution's tool calls its own unload-then-load.
 TOOL_STEPS: dict[ReloadMethod, tuple[str, ...]] = {
@@ -41,10 +40,6 @@ class Plan:
 
     def describe(self) -> str:
         return " && ".join(" ".join(step) for step in self.steps)
-
-
-def which(program: str, path: str | None = None) -> str | None:
-    return shutil.which(program, path=path or SAFE_PATH)
 
 
 def resolve_method(reload: Reload, path: str | None = None) -> ReloadMethod:
