@@ -49,9 +49,10 @@ def fingerprint(host: FakeHost, tmp: Path) -> str:
     """crashhp's topology fingerprint of the fake host, as the daemon computes it."""
     root = tmp / "fingerprint-sys"
     (root / "devices" / "system").mkdir(parents=True, exist_ok=True)
-    link = root / "devices" / "system" / "cpu"
-    if not link.exists():
-        link.symlink_to(host.sysfs.cpu)
+    for name, target in (("cpu", host.sysfs.cpu), ("memory", host.sysfs.memory)):
+        link = root / "devices" / "system" / name
+        if not link.exists():
+            link.symlink_to(target)
     return kernel.topology(root, host.iomem.parent)
 
 
