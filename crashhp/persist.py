@@ -107,23 +107,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def document(snapshot: Snapshot, *, pid: int, invocation_id: str | None) -> dict[str, Any]:
+def document(
+    snapshot: Snapshot, *, pid: int, invocation_id: str | None, runner_error: str | None = None
+) -> dict[str, Any]:
+    """``runner_error``: why the reload runner cannot reload here (crashhp.runners)."""
     image = snapshot.image
     return {
         "version": VERSION,
         "loaded_topology": None if image is None else image.fingerprint,
         "pid": pid,
         "invocation_id": invocation_id,
+        "runner_error": runner_error,
         **_plain(snapshot),
     }
 
 
-def write(directory: Path, snapshot: Snapshot, *, pid: int, invocation_id: str | None) -> None:
+def write(
+    directory: Path,
+    snapshot: Snapshot,
+    *,
+    pid: int,
+    invocation_id: str | None,
+    runner_error: str | None = None,
+) -> None:
     """Replace state.json whole (a temporary file renamed over it); OSError on failure."""
     path = directory / STATE_FILE
     tmp = path.with_suffix(".tmp")
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    text = json.dumps(document(snapshot, pid=pid, invocation_id=invocation_id), indent=1)
+    text = json.dumps(
+        document(snapshot, pid=pid, invocation_id=invocation_id, runner_error=runner_error),
+        indent=1,
+    )
     tmp.write_text(text + "\n")
     os.replace(tmp, path)
 
