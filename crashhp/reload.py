@@ -70,7 +70,7 @@ def plan(
     if method is ReloadMethod.KEXEC:
         caps, spec = _kexec_facts(config, sysfs, procfs, root, path)
         steps = kexec.plan_steps(config.kexec, caps, spec)
-        return Plan(method, tuple(_locked(step, spec.lock, config, path) for step in steps))
+        return Plan(method, tuple(_locked(step, spec.lock, config, path, root) for step in steps))
     tool, *args = TOOL_STEPS[method]
     found = which(tool, path)
     if found is None:
@@ -80,7 +80,7 @@ def plan(
         # `kdump-config reload` takes no lock of its own, but its udev rule's
         # `try-reload` flocks $KDUMP_COREDIR/kdump_lock: hold that one too, so that the
         # two never interleave their unloads and loads.
-        step = _locked(step, _kdump_tools_lock(root), config, path)
+        step = _locked(step, _kdump_tools_lock(root), config, path, root)
     return Plan(method, (step,))
 
 
@@ -93,11 +93,15 @@ def _kdump_tools_lock(root: Path) -> str:
 
 
 def _locked(
-    step: tuple[str, ...], lock: str | None, config: Config, path: str | None
+    step: tuple[str, ...], lock: str | None, config: Config, path: str | None, root: Path
 ) -> tuple[str, ...]:
-    """``step`` under the distribution tool's lock file (flock(1), util-linux)."""
+    """``step`` under the distribution tool's lock file (flock(1), util-linux).
+
+    Not where the lock's directory ($KDUMP_COREDIR) does not exist: flock(1) cannot
+    create the file there and fails the step (exit 66) before the tool runs, and the
+    tool's own flock would fail alike, so nobody can be holding it."""
     flock = which("flock", path) if lock else None
-    if lock is None or flock is None:
+    if lock is None or flock is None or not distro.under(root, lock).parent.is_dir():
         return step
     return (flock, "-w", f"{config.reload.timeout_s:g}", lock, *step)
 
@@ -134,11 +138,13 @@ def upgrade_plan(
     syscall = kexec.effective_syscall(settings.syscall, caps)
     if syscall is KexecSyscall.AUTO:
         syscall = KexecSyscall.FILE  # -a could fall back to a kexec_load without the flag
-    steps = (_locked(spec.argv(caps, syscall, hotplug=True), spec.lock, config, path),)
+    steps = (_locked(spec.argv(caps, syscall, hotplug=True), spec.lock, config, path, root),)
     previous: Plan | None
     if spec.recorded is not None:
         # Exactly the load the distribution's tool made, as it recorded it.
-        previous = Plan(ReloadMethod.KEXEC, (_locked(spec.recorded, spec.lock, config, path),))
+        previous = Plan(
+            ReloadMethod.KEXEC, (_locked(spec.recorded, spec.lock, config, path, root),)
+        )
     else:
         try:
             previous = plan(config, path=path, sysfs=sysfs, procfs=procfs, root=root)
