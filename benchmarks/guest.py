@@ -12,10 +12,6 @@ guest's CLOCK_MONOTONIC; :func:`tests.system.measure.analyse` turns that into th
   the peer uses, run once per burst instead of once per event;
 - (a') crashhp with ``reload.method = "kexec"``, ``kexec.syscall = "classic"``, ``hotplug =
   false``: a kexec_load straight over the loaded image, the same kind of load again;
-- (a'') (a') under a unit drop-in that lets kexec_load work (run only when (a') failed):
-  kexec-tools' kexec_load crash path on x86_64 opens /proc/kcore (the kernel wants
-  CAP_SYS_RAWIO) and, under KASLR, reads ``_stext`` from /proc/kallsyms (zeros without
-  CAP_SYSLOG, which the unit's ``ProtectKernelLogs=yes`` also removes);
 - (b) Debian's kdump-tools with its own udev rules (``PROGRAM=kdump-config try-reload`` per
   cpu add/online and memory online event) under trixie's stock systemd-udevd;
 - (b') the same with udevd's system call filter lifted by a drop-in (``SystemCallFilter=``):
@@ -52,10 +48,6 @@ BURST = f"+{BURST_CPUS} CPUs (add, online), +1 GiB DIMM"
 QEMU_WAIT_S = 1800.0
 PEER_RULES = "/usr/lib/udev/rules.d/50-kdump-tools.rules"
 PEER_RULES_PARKED = "/opt/crashhp-test/peer/50-kdump-tools.rules"
-KEXEC_DROPIN = "/etc/systemd/system/crashhp.service.d/50-crashhp-bench-kexec-load.conf"
-KEXEC_DROPIN_TEXT = (
-    "[Service]\nCapabilityBoundingSet=CAP_SYS_RAWIO CAP_SYSLOG\nProtectKernelLogs=no\n"
-)
 UDEVD_DROPIN = "/etc/systemd/system/systemd-udevd.service.d/50-crashhp-bench.conf"
 CONFIG_HEAD = f"""# crashhp benchmark (part 2)
 [reload]
@@ -230,20 +222,6 @@ def crashhp_case(g: Guest, key: str, label: str, method: str, problems: Problems
     return case
 
 
-def kexec_caps_case(g: Guest, problems: Problems) -> Case:
-    """(a') again under a drop-in giving the unit what kexec_load's crash path needs."""
-    g.vm.agent.write_file(KEXEC_DROPIN, KEXEC_DROPIN_TEXT)
-    g.sh("systemctl daemon-reload")
-    try:
-        case = crashhp_case(
-            g, "a''", "(a') + unit drop-in: CAP_SYS_RAWIO CAP_SYSLOG", "kexec", problems
-        )
-    finally:
-        g.sh(f"rm -f {KEXEC_DROPIN} && systemctl daemon-reload")
-    case.notes.append(f"drop-in {KEXEC_DROPIN}: " + "; ".join(KEXEC_DROPIN_TEXT.splitlines()[1:]))
-    return case
-
-
 def upgrade_case(g: Guest, problems: Problems) -> Case:
     case = Case("c", "crashhp after `crashhp upgrade` (kexec -c -p --hotplug)")
     write_config(g, "kexec")
@@ -332,7 +310,7 @@ def _vm(a: assets_mod.Assets, name: str, say: Say) -> Vm:
 GUESTS: dict[str, tuple[str, ...]] = {
     "crashhp": ("a'", "c"),
     "peer": ("b", "b'"),
-    "auto": ("a", "a''"),
+    "auto": ("a",),
 }
 
 
@@ -350,8 +328,6 @@ def _case(key: str, g: Guest, cases: dict[str, Case], problems: Problems) -> Cas
         return crashhp_case(
             g, "a", "crashhp as packaged: reload.method = auto (kdump-config)", "auto", problems
         )
-    if key == "a''" and "a'" in cases and cases["a'"].failed:
-        return kexec_caps_case(g, problems)
     return None
 
 
@@ -366,8 +342,6 @@ def run(problems: Problems, say: Say, guests: tuple[str, ...] = tuple(GUESTS)) -
                 problems.add(f"part 2: no guest {name!r} (choose from {', '.join(GUESTS)})")
                 continue
             for key in GUESTS[name]:
-                if key == "a''" and not ("a'" in cases and cases["a'"].failed):
-                    continue
                 broken_before = len(problems.items)
                 with _vm(a, f"{name}-{key}", say) as vm:
                     say(f"guest {name!r} up in {vm.boot_s:.0f} s")
@@ -421,7 +395,7 @@ def table(cases: dict[str, Case], kver: str) -> Table:
             "dump complete",
         ],
     )
-    order = ["a", "a'", "a''", "b", "b'", "c"]
+    order = ["a", "a'", "b", "b'", "c"]
     for key in order:
         case = cases.get(key)
         if case is None:
@@ -461,7 +435,7 @@ def table(cases: dict[str, Case], kver: str) -> Table:
 def _ratios(cases: dict[str, Case]) -> list[str]:
     out = []
     peer = cases.get("b'")
-    for key in ("a", "a'", "a''"):
+    for key in ("a", "a'"):
         mine = cases.get(key)
         if not (peer and mine and peer.metrics and mine.metrics):
             continue

@@ -98,6 +98,14 @@ def assess(
         else f"crash kernel loaded with kexec_load without --hotplug: every {names} change "
         "needs a reload"
     )
+    gap = rules.kexec_load_memory_gap if rules is not None else None
+    if gap and Subsystem.MEMORY in stale and not unsupported:
+        # crash_hotplug reads 0: a kexec_load image, which no reload of crashhp's can mend.
+        return Assessment(
+            Exit.WARNING,
+            f"at risk: {why}, and {gap}",
+            upgrade_advice(upgrade_error) + " before memory is added",
+        )
     if running and policy is not Policy.NEVER and method_error is None:
         advice = upgrade_advice(upgrade_error) if not unsupported else ""
         return Assessment(Exit.OK, f"safe: {why}; crashhp reloads it after each burst", advice)

@@ -143,3 +143,20 @@ def test_read_daemon_needs_a_live_daemon(tmp_path: Path) -> None:
         assert daemon["protection"] == "protected"
     finally:
         lock.release()
+
+
+def test_ppc64_kexec_load_image_is_at_risk_for_memory() -> None:
+    """ppc64: kexec-tools leaves hot-added memory out of a kexec_load image (measured in the
+    pseries guest), so crashhp's reload cannot mend a memory change: a warning, not OK."""
+    ppc = rules(Arch.PPC64)
+    a = assess(st(True, ZERO, ZERO), RUNNING, Policy.AUTO, None, rules=ppc)
+    assert a.code is Exit.WARNING
+    assert "leaves hot-added memory out" in a.headline
+    assert a.advice.endswith("before memory is added")
+    assert "crashhp upgrade" in a.advice
+    # The kernel keeps memory current (a --hotplug or file load): OK, as on x86.
+    assert assess(st(True, ZERO, ONE), RUNNING, Policy.AUTO, None, rules=ppc).code is Exit.OK
+    assert assess(st(True), RUNNING, Policy.AUTO, None, rules=ppc).code is Exit.OK
+    # x86's reload describes all memory.
+    x86 = rules(Arch.X86_64)
+    assert assess(st(True, ZERO, ZERO), RUNNING, Policy.AUTO, None, rules=x86).code is Exit.OK
