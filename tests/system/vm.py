@@ -52,6 +52,19 @@ class VmError(RuntimeError):
     """The guest or QEMU did not do what was asked: always a test failure, never a skip."""
 
 
+# No network, no display, no default devices; the agent's virtio-serial bus (any machine).
+COMMON_ARGS = (
+    "-nic",
+    "none",
+    "-display",
+    "none",
+    "-no-user-config",
+    "-nodefaults",
+    "-device",
+    "virtio-serial-pci,id=vser0",
+)
+
+
 def hardware_args() -> list[str]:
     return [
         "-machine",
@@ -64,14 +77,7 @@ def hardware_args() -> list[str]:
         MEMORY,
         "-smp",
         SMP,
-        "-nic",
-        "none",
-        "-display",
-        "none",
-        "-no-user-config",
-        "-nodefaults",
-        "-device",
-        "virtio-serial-pci,id=vser0",
+        *COMMON_ARGS,
     ]
 
 
@@ -314,6 +320,13 @@ class Agent:
 
 
 class Vm:
+    # The machine: a subclass for another architecture overrides these (tests/system/ppc64.py).
+    qemu = QEMU
+    boot_timeout_s = BOOT_TIMEOUT_S
+
+    def hardware_args(self) -> list[str]:
+        return hardware_args()
+
     def __init__(
         self,
         assets: Assets,
@@ -373,8 +386,8 @@ class Vm:
                 return
 
     def start(self) -> None:
-        if shutil.which(QEMU) is None:
-            raise VmError(f"{QEMU} not found: install qemu-system-x86 (make setup)")
+        if shutil.which(self.qemu) is None:
+            raise VmError(f"{self.qemu} not found: install it (make setup)")
         self._take_qemu_lock()
         started = time.monotonic()
         initrd = self.dir / "initrd.cpio"
@@ -386,8 +399,8 @@ class Vm:
                 shutil.copyfileobj(src, out, 4 << 20)
             out.write(overlay_cpio())
         argv = [
-            QEMU,
-            *hardware_args(),
+            self.qemu,
+            *self.hardware_args(),
             "-name",
             f"crashhp-{self.name}",
             "-serial",
@@ -411,7 +424,7 @@ class Vm:
             stdout=(self.dir / "qemu.out").open("wb"),
             stderr=subprocess.STDOUT,
         )
-        deadline = started + BOOT_TIMEOUT_S
+        deadline = started + self.boot_timeout_s
         self._qmp = Qmp(_connect(self.dir / "qmp.sock", deadline, self), self)
         self._agent = Agent(_connect(self.dir / "agent.sock", deadline, self), self)
         try:
