@@ -1,0 +1,237 @@
+"""The ppc64le guest: Debian trixie's powerpc64le 6.12 kernel and a ppc64el userland under
+`qemu-system-ppc64 -machine pseries` (TCG), with spapr CPU cores and pc-dimm hotplug.
+
+    python -m tests.system.ppc64       # build or reuse the assets, boot, print the hotplug facts
+
+The assets are cached next to the x86 ones (``cache_root()``) under ``ppc64le-*`` names, keyed
+on their inputs: the kernel package's version, and the recipe plus every package version for
+the rootfs. The rootfs is a foreign debootstrap (``--arch=ppc64el --foreign``) whose second
+stage runs through qemu-user-static and binfmt_misc; it reuses the x86 recipe's package list
+and customisation. Every heavy step runs under ``nice -n 19``: other engineers' guests come
+first on this 2-core machine. The guest itself is `tests.system.vm.Vm` with the pseries
+hardware: same agent, recorder, overlay and machine-wide QEMU lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.system import assets as x86
+from tests.system.assets import Apt, Assets, cache_root, log, run
+from tests.system.vm import COMMON_ARGS, Vm, VmError
+
+ARCH = "ppc64el"
+# The kernel is trixie's 6.12. The userland is forky's: this machine's mirror does not serve
+# trixie's ppc64el point-release updates (libc6 2.41-12+deb13u5, zlib1g, base-files, apt and
+# six more answer 404), so a trixie ppc64el debootstrap cannot finish here; forky's pool is
+# served. debootstrap 1.0.128 (bookworm) has no forky script: forky uses sid's.
+USERLAND_SUITE = "forky"
+DEBOOTSTRAP_SCRIPT = "/usr/share/debootstrap/scripts/sid"
+KERNEL_PATTERN = r"^linux-image-6\.12\.[0-9]+\+deb13-powerpc64le$"
+# Bump when the ppc64le-specific steps below change.
+RECIPE_VERSION = 1
+QEMU = "qemu-system-ppc64"
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+TIMEOUT_SECOND_STAGE_S = 5400
+
+# pseries: cores of SMT threads; QEMU 7.2 hot-plugs whole cores (spapr-cpu-core, by core-id).
+THREADS = 1
+BOOT_CPUS = 2
+MAX_CPUS = 8
+MEMORY = "2G,slots=4,maxmem=8G"
+CMDLINE = (
+    "console=hvc0 crashkernel=512M memhp_default_state=online_movable panic=-1 "
+    "systemd.show_status=false"
+)
+BOOT_TIMEOUT_S = 1200.0
+
+
+class PpcApt(Apt):
+    """The trixie archive's ppc64el packages through the same private apt config."""
+
+    def __init__(self, root: Path, mirror: str, suite: str = x86.SUITE) -> None:
+        super().__init__(root, mirror, suite)
+        self.options = [
+            "-oAPT::Architecture=" + ARCH if o.startswith("-oAPT::Architecture=") else o
+            for o in self.options
+        ]
+
+    def kernel_packages(self) -> list[str]:
+        """Every 6.12 image of the flavour, newest first (the mirror may not serve the newest)."""
+        out = run(["apt-cache", *self.options, "pkgnames", "linux-image-6.12"], x86.TIMEOUT_APT_S)
+        names = [n for n in out.stdout.split() if re.match(KERNEL_PATTERN, n)]
+        if not names:
+            raise RuntimeError(f"no package matching {KERNEL_PATTERN} in {x86.SUITE}")
+        return sorted(names, key=lambda n: [int(x) for x in re.findall(r"\d+", n)], reverse=True)
+
+
+def lower_priority() -> None:
+    """Nice 19 for this process and everything it starts (debootstrap, qemu-user, cpio, QEMU)."""
+    os.setpriority(os.PRIO_PROCESS, 0, 19)
+
+
+def _binfmt() -> None:
+    """Make the host run ppc64le ELF binaries through qemu-user-static (debootstrap's 2nd stage)."""
+    if not (BINFMT / "register").exists():
+        run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], 30)
+    entry = BINFMT / "qemu-ppc64le"
+    if not entry.exists() or not entry.read_text().startswith("enabled"):
+        run(["update-binfmts", "--enable", "qemu-ppc64le"], 60)
+    if not entry.read_text().startswith("enabled"):
+        raise RuntimeError(f"{entry} is not enabled: {entry.read_text()}")
+
+
+def _newest_kernel(root: Path, apt: PpcApt) -> tuple[str, str, Path]:
+    """The newest 6.12 image the mirror actually serves (seen: the index lists 6.12.117 for
+    ppc64el while the pool answers 404 for it and serves 6.12.107)."""
+    errors: list[str] = []
+    for package in apt.kernel_packages():
+        version = apt.versions([package])[package]
+        try:
+            kver, vmlinux = x86._kernel(
+                root, apt, package, version, name="ppc64le-kernel", image="vmlinux"
+            )
+        except RuntimeError as exc:
+            if "404" not in str(exc):
+                raise
+            log(f"{package} {version}: the mirror answers 404, trying an older one")
+            errors.append(f"{package}: 404")
+            continue
+        return package, kver, vmlinux
+    raise RuntimeError(f"no ppc64el 6.12 kernel could be downloaded: {errors}")
+
+
+def _debootstrap(rootfs: Path, mirror: str) -> None:
+    start = time.monotonic()
+    log(f"debootstrap --arch={ARCH} --foreign {USERLAND_SUITE}: first stage")
+    run(
+        [
+            "debootstrap",
+            f"--arch={ARCH}",
+            "--foreign",
+            "--variant=minbase",
+            f"--include={','.join(x86.GUEST_PACKAGES)}",
+            USERLAND_SUITE,
+            str(rootfs),
+            mirror,
+            DEBOOTSTRAP_SCRIPT,
+        ],
+        x86.TIMEOUT_DEBOOTSTRAP_S,
+    )
+    log(f"first stage done in {time.monotonic() - start:.0f} s; second stage under qemu-user")
+    _binfmt()
+    start = time.monotonic()
+    run(
+        ["chroot", str(rootfs), "/debootstrap/debootstrap", "--second-stage"],
+        TIMEOUT_SECOND_STAGE_S,
+    )
+    log(f"second stage done in {time.monotonic() - start:.0f} s")
+
+
+def ensure() -> Assets:
+    """Build what is missing and return the ppc64le assets. Raises (never skips)."""
+    lower_priority()
+    root = cache_root()
+    start = time.monotonic()
+    with x86.locked(root):
+        mirror = x86.host_mirror()
+        apt = PpcApt(root / "apt-ppc64el", mirror)
+        apt.refresh()
+        userland = PpcApt(root / f"apt-ppc64el-{USERLAND_SUITE}", mirror, USERLAND_SUITE)
+        userland.refresh()
+        versions = userland.versions(list(x86.GUEST_PACKAGES))
+        package, kver, vmlinux = _newest_kernel(root, apt)
+        versions[package] = apt.versions([package])[package]
+        recipe: dict[str, Any] = {
+            "arch": ARCH,
+            "kernel_suite": x86.SUITE,
+            "suite": USERLAND_SUITE,
+            "packages": x86.GUEST_PACKAGES,
+            "masked": x86.MASKED_UNITS,
+            "trimmed": x86.TRIMMED,
+            "recipe": [x86.RECIPE_VERSION, RECIPE_VERSION],
+            "versions": versions,
+        }
+        _binfmt()  # the customisation runs ldd in the ppc64el rootfs
+        rootfs_cpio = x86._rootfs(
+            root,
+            mirror,
+            x86._key(recipe),
+            vmlinux.parent,
+            kver,
+            name="ppc64le-rootfs",
+            bootstrap=_debootstrap,
+            image="vmlinux",
+        )
+        manifest_path = rootfs_cpio.parent / "manifest.json"
+        if not manifest_path.exists():
+            manifest_path.write_text(json.dumps(recipe, indent=2, sort_keys=True) + "\n")
+        manifest: dict[str, object] = json.loads(manifest_path.read_text())
+    a = Assets(kver, vmlinux, rootfs_cpio, None, manifest)
+    log(f"ppc64le ready in {time.monotonic() - start:.0f} s under {root}: {a.describe()}")
+    return a
+
+
+class PpcVm(Vm):
+    """The guest on `-machine pseries` (TCG): spapr CPU cores by core-id, pc-dimm memory.
+
+    The serial console is the spapr VTY (`console=hvc0`); the agent's virtio-serial port sits
+    on the pseries PCI host bridge as on x86. QEMU runs at nice 19 (inherited).
+    """
+
+    qemu = QEMU
+    boot_timeout_s = BOOT_TIMEOUT_S
+
+    def __init__(self, assets: Assets, name: str = "ppc64", cmdline: str = CMDLINE) -> None:
+        super().__init__(assets, name=name, cmdline=cmdline, acpi_fix=False)
+
+    def hardware_args(self) -> list[str]:
+        return [
+            "-machine",
+            "pseries,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,cap-ccf-assist=off",
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "power9",
+            "-m",
+            MEMORY,
+            "-smp",
+            f"{BOOT_CPUS},cores={MAX_CPUS // THREADS},threads={THREADS},maxcpus={MAX_CPUS}",
+            *COMMON_ARGS,
+        ]
+
+    def start(self) -> None:
+        lower_priority()
+        super().start()
+
+    # -- CPU cores by core-id -----------------------------------------------------------
+    def free_sockets(self) -> list[int]:
+        """Free core-ids (the pseries counterpart of x86's sockets)."""
+        slots = self.qmp.execute("query-hotpluggable-cpus")
+        return sorted(int(s["props"]["core-id"]) for s in slots if "qom-path" not in s)
+
+    def cpu_add(self, socket_id: int) -> str:
+        """Plug a spapr CPU core; the guest's kernel (pseries DLPAR) onlines its threads."""
+        slots = self.qmp.execute("query-hotpluggable-cpus")
+        slot = next((s for s in slots if s["props"].get("core-id") == socket_id), None)
+        if slot is None:
+            raise VmError(f"no CPU core-id {socket_id}")
+        dev_id = f"core{socket_id}"
+        self.qmp.execute("device_add", {"driver": slot["type"], "id": dev_id, **slot["props"]})
+        self.cpus_plugged.add(socket_id)
+        return dev_id
+
+    def cpu_del(self, socket_id: int, timeout: float = 120.0) -> None:
+        self.cpu_removed = True
+        self.qmp.execute("device_del", {"id": f"core{socket_id}"})
+        self._wait(lambda: socket_id in self.free_sockets(), timeout, f"core{socket_id} unplugged")
+        self.cpus_plugged.discard(socket_id)
+
+    def guest_cpu_index(self, socket_id: int) -> int:
+        """The first thread of a core (pseries numbers threads core-id * threads + n)."""
+        return socket_id * THREADS
