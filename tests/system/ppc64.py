@@ -1,7 +1,7 @@
 """The ppc64le guest: Debian trixie's powerpc64le 6.12 kernel and a ppc64el userland under
 `qemu-system-ppc64 -machine pseries` (TCG), with spapr CPU cores and pc-dimm hotplug.
 
-    python -m tests.system.ppc64       # build or reuse the assets, boot, print the hotplug facts
+    python -m tests.system.ppc64       # build or reuse the assets, boot once, print the facts
 
 The assets are cached next to the x86 ones (``cache_root()``) under ``ppc64le-*`` names, keyed
 on their inputs: the kernel package's version, and the recipe plus every package version for
@@ -14,15 +14,19 @@ hardware: same agent, recorder, overlay and machine-wide QEMU lock.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
+import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tests.system import assets as x86
 from tests.system.assets import Apt, Assets, cache_root, log, run
+from tests.system.scenarios import Guest
 from tests.system.vm import COMMON_ARGS, Vm, VmError
 
 ARCH = "ppc64el"
@@ -43,12 +47,13 @@ TIMEOUT_SECOND_STAGE_S = 5400
 THREADS = 1
 BOOT_CPUS = 2
 MAX_CPUS = 8
-MEMORY = "2G,slots=4,maxmem=8G"
+MEMORY = "2G,slots=8,maxmem=10G"
 CMDLINE = (
     "console=hvc0 crashkernel=512M memhp_default_state=online_movable panic=-1 "
     "systemd.show_status=false"
 )
 BOOT_TIMEOUT_S = 1200.0
+CRASH_APPEND = "console=hvc0 irqpoll nr_cpus=1 reset_devices"
 
 
 class PpcApt(Apt):
@@ -235,3 +240,186 @@ class PpcVm(Vm):
     def guest_cpu_index(self, socket_id: int) -> int:
         """The first thread of a core (pseries numbers threads core-id * threads + n)."""
         return socket_id * THREADS
+
+
+class PpcGuest(Guest):
+    """The scenarios' guest on pseries: the kernel image is vmlinux, the console hvc0."""
+
+    image = "vmlinux"
+    crash_append = CRASH_APPEND
+
+    def add_cpus_and_dimm(self, cpus: int = 1, dimm: bool = True) -> list[int]:
+        """The burst: hot-add spapr cores (the kernel's DLPAR code onlines them: no write
+        to `online` from here), then a 1 GiB DIMM."""
+        cores = self.free_sockets()[:cpus]
+        if len(cores) < cpus:
+            raise VmError(f"only {len(cores)} free CPU cores left in this VM")
+        for core in cores:
+            self.vm.cpu_add(core)
+        indices = [self.vm.wait_cpu(core, timeout=120) for core in cores]
+        for n in indices:
+            self.wait_online(f"/sys/devices/system/cpu/cpu{n}/online")
+        if dimm:
+            self.vm.dimm_add(self.new_dimm())
+        return indices
+
+    def wait_online(self, path: str, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.vm.agent.read_text(path).strip() != "1":
+            if time.monotonic() > deadline:
+                raise VmError(f"{path} still 0 after {timeout} s: the guest did not online it")
+            time.sleep(0.2)
+
+
+def uevent_sequence(records: list[dict[str, Any]], t0: int, t1: int) -> list[str]:
+    """The cpu/memory uevents the recorder saw in [t0, t1], as `action subsystem device`."""
+    inside = [r for r in records if r["k"] == "uevent" and t0 <= int(r["t"]) <= t1]
+    return [
+        f"{r['action']} {r['subsystem']} {r['devpath'].rsplit('/', 1)[-1]}"
+        for r in sorted(inside, key=lambda r: int(r["seqnum"]))
+    ]
+
+
+def compress(sequence: list[str]) -> str:
+    """`add memory memory40, add memory memory41` -> `add memory x2` style runs, in order."""
+    runs: list[tuple[str, int]] = []
+    for item in sequence:
+        kind = " ".join(item.split()[:2])
+        if runs and runs[-1][0] == kind:
+            runs[-1] = (kind, runs[-1][1] + 1)
+        else:
+            runs.append((kind, 1))
+    return ", ".join(f"{kind} x{n}" if n > 1 else kind for kind, n in runs)
+
+
+# ---- the dump check: crash the guest, let the crash kernel describe /proc/vmcore ---------------
+
+DUMP_DIR = "/run/crashhp-test/dump-initrd"
+DUMP_INITRD = "/run/crashhp-test/dump-initrd.img"
+DUMP_BEGIN = "crashhp-dump-begin"
+DUMP_END = "crashhp-dump-end"
+DUMP_HEAD_BYTES = 65536
+# The crash kernel's /init: report /proc/vmcore's ELF headers and notes on hvc0, power off.
+DUMP_INIT = f"""#!/bin/sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+echo "crashhp-dump: crash kernel up, $(grep -c ^processor /proc/cpuinfo) cpu(s)"
+if [ -e /proc/vmcore ]; then
+    echo "crashhp-dump: vmcore $(stat -c %s /proc/vmcore) bytes"
+    echo {DUMP_BEGIN}
+    dd if=/proc/vmcore bs={DUMP_HEAD_BYTES} count=1 2>/dev/null | base64
+    echo {DUMP_END}
+else
+    echo "crashhp-dump: no /proc/vmcore"
+    echo {DUMP_END}
+fi
+poweroff -f
+"""
+PT_LOAD = 1
+PT_NOTE = 4
+NT_PRSTATUS = 1
+
+
+@dataclass(frozen=True)
+class VmcoreHead:
+    loads: list[tuple[int, int]]  # (physical address, size) per PT_LOAD
+    prstatus: int  # NT_PRSTATUS notes named CORE with a non-empty descriptor
+
+    @property
+    def load_bytes(self) -> int:
+        return sum(size for _, size in self.loads)
+
+
+def parse_vmcore_head(data: bytes) -> VmcoreHead:
+    """The PT_LOADs and the NT_PRSTATUS count of an ELF64 little-endian core's first bytes."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        raise ValueError(f"not an ELF64 little-endian core: {data[:8]!r}")
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    loads: list[tuple[int, int]] = []
+    prstatus = 0
+    for i in range(phnum):
+        p_type, _, p_offset, _, p_paddr, p_filesz, p_memsz, _ = struct.unpack_from(
+            "<IIQQQQQQ", data, phoff + i * phentsize
+        )
+        if p_type == PT_LOAD:
+            loads.append((p_paddr, p_memsz))
+        elif p_type == PT_NOTE:
+            if p_offset + p_filesz > len(data):
+                raise ValueError(f"the notes end at {p_offset + p_filesz}, past {len(data)} bytes")
+            prstatus += _count_prstatus(data[p_offset : p_offset + p_filesz])
+    return VmcoreHead(loads, prstatus)
+
+
+def _count_prstatus(notes: bytes) -> int:
+    count, pos = 0, 0
+    while pos + 12 <= len(notes):
+        namesz, descsz, n_type = struct.unpack_from("<III", notes, pos)
+        if namesz == 0 and descsz == 0:
+            break
+        name = notes[pos + 12 : pos + 12 + namesz].rstrip(b"\0")
+        pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
+        if name == b"CORE" and n_type == NT_PRSTATUS and descsz > 0:
+            count += 1
+    return count
+
+
+def vmcore_from_console(text: str) -> VmcoreHead | None:
+    """The crash kernel's report on the console: None if it said there was no /proc/vmcore."""
+    if DUMP_BEGIN not in text:
+        return None
+    body = text.split(DUMP_BEGIN, 1)[1].split(DUMP_END, 1)[0]
+    return parse_vmcore_head(base64.b64decode("".join(body.split())))
+
+
+def install_dump_initrd(g: Guest) -> None:
+    """A busybox initramfs for the crash kernel, packed in the guest (busybox's cpio)."""
+    g.sh(f"rm -rf {DUMP_DIR} && mkdir -p {DUMP_DIR}/bin {DUMP_DIR}/proc {DUMP_DIR}/dev")
+    g.sh(f"cp /usr/bin/busybox {DUMP_DIR}/bin/busybox && ln -s busybox {DUMP_DIR}/bin/sh")
+    g.vm.agent.write_file(f"{DUMP_DIR}/init", DUMP_INIT, 0o755)
+    g.sh(f"cd {DUMP_DIR} && find . | busybox cpio -o -H newc >{DUMP_INITRD}")
+
+
+def crash_and_read_vmcore(g: Guest, timeout: float = 900.0) -> tuple[VmcoreHead | None, str]:
+    """Panic the guest (sysrq c); wait for the crash kernel's report. Returns it and the
+    console text after the panic. The guest is gone afterwards."""
+    vm = g.vm
+    before = len(vm.serial_log.read_bytes())
+    g.sh(
+        "systemd-run --no-block --unit=crashhp-test-crash /bin/sh -c "
+        "'sleep 2; echo c >/proc/sysrq-trigger'"
+    )
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = vm.serial_log.read_bytes()[before:].decode(errors="replace")
+        if DUMP_END in text:
+            return vmcore_from_console(text), text
+        if vm.proc is not None and vm.proc.poll() is not None:
+            break
+        time.sleep(1)
+    raise VmError(f"no report from the crash kernel within {timeout} s:\n{text[-3000:]}")
+
+
+def _main() -> int:
+    """Build or reuse the assets, boot once, print what the guest sees: `python -m
+    tests.system.ppc64`."""
+    a = ensure()
+    with PpcVm(a, name="ppc64-smoke") as vm:
+        print(f"booted in {vm.boot_s:.0f} s; dir {vm.dir}", flush=True)
+        print(
+            vm.agent.sh(
+                "uname -a; nproc; grep MemTotal /proc/meminfo; cat /proc/cmdline; "
+                "kexec --version; "
+                "grep -H . /sys/devices/system/cpu/crash_hotplug "
+                "/sys/devices/system/memory/crash_hotplug /sys/kernel/kexec_crash_size "
+                "/sys/devices/system/memory/block_size_bytes /sys/kernel/fadump/* || true",
+                60,
+            ).stdout
+        )
+        print(vm.qmp.execute("query-hotpluggable-cpus"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
