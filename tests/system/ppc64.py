@@ -48,9 +48,10 @@ THREADS = 1
 BOOT_CPUS = 2
 MAX_CPUS = 8
 MEMORY = "2G,slots=8,maxmem=10G"
+# The x86 rootfs masks serial-getty@ttyS0; the console here is hvc0.
 CMDLINE = (
     "console=hvc0 crashkernel=512M memhp_default_state=online_movable panic=-1 "
-    "systemd.show_status=false"
+    "systemd.show_status=false systemd.mask=serial-getty@hvc0.service"
 )
 BOOT_TIMEOUT_S = 1200.0
 CRASH_APPEND = "console=hvc0 irqpoll nr_cpus=1 reset_devices"
@@ -191,6 +192,8 @@ class PpcVm(Vm):
 
     qemu = QEMU
     boot_timeout_s = BOOT_TIMEOUT_S
+    # The x86 suites release the lock between their guests for a fraction of a second.
+    lock_poll_s = 0.05
 
     def __init__(self, assets: Assets, name: str = "ppc64", cmdline: str = CMDLINE) -> None:
         super().__init__(assets, name=name, cmdline=cmdline, acpi_fix=False)

@@ -323,6 +323,7 @@ class Vm:
     # The machine: a subclass for another architecture overrides these (tests/system/ppc64.py).
     qemu = QEMU
     boot_timeout_s = BOOT_TIMEOUT_S
+    lock_poll_s = 1.0
 
     def hardware_args(self) -> list[str]:
         return hardware_args()
@@ -381,7 +382,7 @@ class Vm:
                 if not told:
                     print(f"vm[{self.name}]: waiting for another guest to finish ({path})")
                     told = True
-                time.sleep(1)
+                time.sleep(self.lock_poll_s)
             else:
                 return
 
