@@ -2,7 +2,7 @@
 # Both set up everything they need (apt packages as root, the venv).
 PY := .venv/bin/python
 
-.PHONY: setup demo test check lint unit netlink faults system bench packages
+.PHONY: setup demo test check lint unit netlink faults system system-ppc64 bench packages
 
 setup:
 	@scripts/setup
@@ -39,6 +39,12 @@ faults:
 
 system:
 	$(PY) -m pytest -q -p no:cacheprovider -m system tests/system
+
+# crashhp on ppc64le: a pseries guest under qemu-system-ppc64 (TCG), spapr cores and pc-dimm
+# hotplug, the load modes, the scenarios, a dump. Not in CI (tens of minutes here); see
+# tests/system/README.md.
+system-ppc64: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m ppc64 tests/system/test_ppc64.py
 
 # The Debian packages (trixie's, and bookworm's with vendored pydantic and structlog) and
 # the RPM into out/, checked by lintian and rpmlint; then each .deb is installed into a

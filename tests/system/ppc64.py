@@ -203,7 +203,10 @@ class PpcVm(Vm):
             "-machine",
             "pseries,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,cap-ccf-assist=off",
             "-accel",
-            "tcg,thread=multi",
+            # Not thread=multi: QEMU 7.2's MTTCG gives each vCPU thread a code-buffer region
+            # at its start and aborts a hot-added vCPU once the running ones have used them
+            # all ("tcg_region_initial_alloc__locked: assertion failed: (!err)").
+            "tcg,thread=single",
             "-cpu",
             "power9",
             "-m",

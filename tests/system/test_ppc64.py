@@ -1,0 +1,168 @@
+"""crashhp on ppc64le: a pseries guest (TCG) with trixie's powerpc64le 6.12 kernel, spapr CPU
+cores and pc-dimm memory hot-added through QMP, crashhp as its real systemd unit.
+
+    make system-ppc64        # not in CI: tens of minutes under TCG on this machine
+
+One guest for the module (a boot is minutes). Each test loads what it depends on and uses its
+own free core and DIMM slot; the dump check crashes the guest, so it boots its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.system import ppc64
+from tests.system.assets import Assets
+from tests.system.measure import Row
+from tests.system.ppc64 import PpcGuest, PpcVm, compress, uevent_sequence
+from tests.system.test_scenarios import _no_reload, _one_reload
+
+pytestmark = pytest.mark.ppc64
+
+BURST = "+1 core (1 thread), +1 GiB"
+# What KERNEL.md says crash_hotplug reads per load mode (cpu and memory files agree since 6.10).
+# No "file": Debian builds its ppc64el kernel without CONFIG_KEXEC_FILE (see the test below).
+EXPECTED_CRASH_HOTPLUG = {
+    "none": ("0", "0"),
+    "classic": ("0", "0"),
+    "hotplug": ("1", "1"),
+}
+# pseries hot-adds memory in 256 MiB LMBs: a 1 GiB DIMM is four memory blocks.
+LMB_MIB = 256
+
+
+@pytest.fixture(scope="module")
+def ppc_assets() -> Assets:
+    return ppc64.ensure()
+
+
+@pytest.fixture(scope="module")
+def guest(ppc_assets: Assets, summary: list[str]) -> Iterator[PpcGuest]:
+    with PpcVm(ppc_assets, name="ppc64") as vm:
+        summary.append(f"ppc64 guest: booted in {vm.boot_s:.0f} s (logs in {vm.dir})")
+        g = PpcGuest(vm)
+        g.crashhp_stop()
+        yield g
+
+
+def _settled_sequence(g: PpcGuest, t0: int) -> list[str]:
+    g.settle(quiet_s=3.0, timeout=600)
+    return uevent_sequence(g.vm.events(), t0, g.vm.agent.ping())
+
+
+def test_crash_hotplug_per_load_mode(guest: PpcGuest, summary: list[str]) -> None:
+    g = guest
+    g.crashhp_stop()
+    seen = {}
+    for mode in EXPECTED_CRASH_HOTPLUG:
+        g.load(mode)
+        seen[mode] = g.crash_hotplug()
+        summary.append(f"ppc64 crash_hotplug cpu/memory after {mode}: {'/'.join(seen[mode])}")
+    g.unload()
+    assert seen == EXPECTED_CRASH_HOTPLUG
+
+
+def test_file_load_is_not_built_in(guest: PpcGuest, summary: list[str]) -> None:
+    """Debian's powerpc64le 6.12 has no kexec_file_load: `kexec -s` fails, the kernel can
+    keep a crash image current only if it was loaded with kexec_load --hotplug."""
+    g = guest
+    config = g.vm.agent.read_text(f"/boot/config-{g.kver}")
+    assert "# CONFIG_KEXEC_FILE is not set" in config.splitlines()
+    g.unload()
+    argv = ["/usr/sbin/kexec", "-p", "-s", f"--initrd={g.crash_initrd}"]
+    result = g.vm.agent.run([*argv, f"--append={g.crash_append}", f"/boot/vmlinux-{g.kver}"])
+    summary.append(f"ppc64 kexec -s -p: rc {result.rc}, {result.stderr.strip()!r}")
+    assert result.rc != 0
+    assert "kexec_file_load not available" in result.stderr
+    assert not g.crash_loaded()
+
+
+def test_cpu_core_hot_add_arrives_as_online(guest: PpcGuest, summary: list[str]) -> None:
+    """x86 sends `add` (and `online` once onlined); pseries onlines the core itself."""
+    g = guest
+    g.crashhp_stop()
+    g.load("none")
+    t0 = g.vm.agent.ping()
+    [cpu] = g.add_cpus_and_dimm(cpus=1, dimm=False)
+    sequence = _settled_sequence(g, t0)
+    summary.append(f"ppc64 uevents for one spapr core (cpu{cpu}): {compress(sequence)}")
+    assert sequence == [f"online cpu cpu{cpu}"], sequence
+    assert g.vm.agent.read_text(f"/sys/devices/system/cpu/cpu{cpu}/online").strip() == "1"
+
+
+def test_dimm_hot_add_onlines_its_blocks(guest: PpcGuest, summary: list[str]) -> None:
+    g = guest
+    g.crashhp_stop()
+    g.load("none")
+    block_mib = int(g.sh("cat /sys/devices/system/memory/block_size_bytes"), 16) >> 20
+    t0 = g.vm.agent.ping()
+    g.vm.dimm_add(g.new_dimm())
+    sequence = _settled_sequence(g, t0)
+    summary.append(
+        f"ppc64 uevents for one 1 GiB pc-dimm ({block_mib} MiB blocks): {compress(sequence)}"
+    )
+    assert block_mib == LMB_MIB
+    pairs = [s.split()[0] for s in sequence]
+    assert pairs == ["add", "online"] * (1024 // block_mib), sequence
+
+
+@pytest.mark.parametrize(
+    ("scenario", "mode"),
+    [("B", "classic"), ("C", "hotplug"), ("D", "none")],
+)
+def test_scenario(guest: PpcGuest, rows: list[Row], scenario: str, mode: str) -> None:
+    g = guest
+    g.fresh_crashhp(mode)
+    assert g.crash_hotplug() == EXPECTED_CRASH_HOTPLUG[mode]
+    out = g.measure(f"ppc64 {scenario}", BURST, mode, g.add_cpus_and_dimm)
+    rows.append(out.row)
+    if mode == "classic":
+        _one_reload(g, out)
+        assert out.events["burst"] == 1, dict(out.events)
+    elif mode == "none":
+        assert out.row.reloads == 0, out.reload_log
+        assert out.events["not_loaded"] >= 1, dict(out.events)
+        assert out.metrics.loaded_at_end is False
+    else:
+        _no_reload(out)
+        assert out.events["kernel_handles"] >= 1, dict(out.events)
+    # A core arrives as one `online` (no `add`); the DIMM as four add + online pairs.
+    assert out.metrics.uevents == 1 + 2 * 1024 // LMB_MIB, out.metrics
+
+
+def test_dump_after_hotplug(ppc_assets: Assets, summary: list[str]) -> None:
+    """A crash kernel loaded with kexec_load --hotplug, a core and a DIMM hot-added (the kernel
+    updates the image), then a panic: the crash kernel must boot and /proc/vmcore must cover
+    the hot-added memory and every online CPU."""
+    with PpcVm(ppc_assets, name="ppc64-dump") as vm:
+        g = PpcGuest(vm)
+        g.crashhp_stop()
+        ppc64.install_dump_initrd(g)
+        g.crash_initrd = ppc64.DUMP_INITRD
+        g.load("hotplug")
+        g.add_cpus_and_dimm(cpus=1, dimm=True)
+        [dimm] = [d for d in vm.qmp.execute("query-memory-devices") if d["type"] == "dimm"]
+        dimm_start, dimm_size = int(dimm["data"]["addr"]), int(dimm["data"]["size"])
+        g.settle(quiet_s=3.0, timeout=600)
+        assert g.crash_hotplug() == ("1", "1")
+        cpus = int(g.sh("grep -c ^processor /proc/cpuinfo"))
+        ram = int(g.sh("awk '/^MemTotal:/ {print $2}' /proc/meminfo")) << 10
+        crash_size = int(g.vm.agent.read_text("/sys/kernel/kexec_crash_size"))
+        head, console = ppc64.crash_and_read_vmcore(g)
+    assert head is not None, f"the crash kernel found no /proc/vmcore:\n{console[-3000:]}"
+    summary.append(
+        f"ppc64 dump: {len(head.loads)} PT_LOAD, {head.load_bytes >> 20} MiB, "
+        f"{head.prstatus} NT_PRSTATUS; guest had {cpus} CPUs, MemTotal {ram >> 20} MiB, "
+        f"crashkernel {crash_size >> 20} MiB"
+    )
+    assert head.prstatus == cpus, console[-2000:]
+    # MemTotal leaves out the reservation and the kernel's own: the dump covers at least that,
+    # and all of the hot-added DIMM.
+    assert head.load_bytes >= ram, (head, ram, crash_size)
+    covered = sum(
+        max(0, min(start + size, dimm_start + dimm_size) - max(start, dimm_start))
+        for start, size in head.loads
+    )
+    assert covered == dimm_size, (head.loads, hex(dimm_start), dimm_size)
