@@ -23,8 +23,15 @@ _SUMMARY: list[str] = []
 class GuestPool:
     """Keeps one guest alive between tests; boots a new one when another kind is asked for."""
 
-    def __init__(self, assets: assets_mod.Assets) -> None:
+    def __init__(
+        self,
+        assets: assets_mod.Assets,
+        vm_class: type[Vm] = Vm,
+        guest_class: type[Guest] = Guest,
+    ) -> None:
         self.assets = assets
+        self.vm_class = vm_class  # another architecture's guest (tests/system/test_ppc64.py)
+        self.guest_class = guest_class
         self.vm: Vm | None = None
         self.guest: Guest | None = None
         self.kind = ""
@@ -33,10 +40,10 @@ class GuestPool:
         stale = self.vm is not None and fresh_cpus and self.vm.cpu_removed
         if self.guest is None or self.kind != kind or stale:
             self.close()
-            self.vm = Vm(self.assets, name=kind)
+            self.vm = self.vm_class(self.assets, name=kind)
             self.vm.__enter__()
             _TIMINGS.append(f"VM {kind}: booted in {self.vm.boot_s:.1f} s (logs in {self.vm.dir})")
-            self.guest = Guest(self.vm)
+            self.guest = self.guest_class(self.vm)
             self.kind = kind
         return self.guest
 

@@ -15,6 +15,7 @@ import pytest
 
 from tests.system import ppc64
 from tests.system.assets import Assets
+from tests.system.conftest import GuestPool
 from tests.system.measure import Row
 from tests.system.ppc64 import PpcGuest, PpcVm, compress, uevent_sequence
 from tests.system.test_scenarios import _no_reload, _one_reload
@@ -39,12 +40,18 @@ def ppc_assets() -> Assets:
 
 
 @pytest.fixture(scope="module")
-def guest(ppc_assets: Assets, summary: list[str]) -> Iterator[PpcGuest]:
-    with PpcVm(ppc_assets, name="ppc64") as vm:
-        summary.append(f"ppc64 guest: booted in {vm.boot_s:.0f} s (logs in {vm.dir})")
-        g = PpcGuest(vm)
-        g.crashhp_stop()
-        yield g
+def ppc_pool(ppc_assets: Assets) -> Iterator[GuestPool]:
+    """One guest at a time (the QEMU lock): the dump check's guest replaces the main one."""
+    p = GuestPool(ppc_assets, vm_class=PpcVm, guest_class=PpcGuest)
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def guest(ppc_pool: GuestPool) -> PpcGuest:
+    g = ppc_pool.get("ppc64")
+    assert isinstance(g, PpcGuest)
+    return g
 
 
 def _settled_sequence(g: PpcGuest, t0: int) -> list[str]:
@@ -132,12 +139,14 @@ def test_scenario(guest: PpcGuest, rows: list[Row], scenario: str, mode: str) ->
     assert out.metrics.uevents == 1 + 2 * 1024 // LMB_MIB, out.metrics
 
 
-def test_dump_after_hotplug(ppc_assets: Assets, summary: list[str]) -> None:
+def test_dump_after_hotplug(ppc_pool: GuestPool, summary: list[str]) -> None:
     """A crash kernel loaded with kexec_load --hotplug, a core and a DIMM hot-added (the kernel
     updates the image), then a panic: the crash kernel must boot and /proc/vmcore must cover
     the hot-added memory and every online CPU."""
-    with PpcVm(ppc_assets, name="ppc64-dump") as vm:
-        g = PpcGuest(vm)
+    g = ppc_pool.get("ppc64-dump")
+    assert isinstance(g, PpcGuest)
+    vm = g.vm
+    try:
         g.crashhp_stop()
         ppc64.install_dump_initrd(g)
         g.crash_initrd = ppc64.DUMP_INITRD
@@ -150,7 +159,10 @@ def test_dump_after_hotplug(ppc_assets: Assets, summary: list[str]) -> None:
         cpus = int(g.sh("grep -c ^processor /proc/cpuinfo"))
         ram = int(g.sh("awk '/^MemTotal:/ {print $2}' /proc/meminfo")) << 10
         crash_size = int(g.vm.agent.read_text("/sys/kernel/kexec_crash_size"))
+        summary.append(f"ppc64 dump guest: booted in {vm.boot_s:.0f} s (logs in {vm.dir})")
         head, console = ppc64.crash_and_read_vmcore(g)
+    finally:
+        ppc_pool.close()  # crashed or not, this guest is done
     assert head is not None, f"the crash kernel found no /proc/vmcore:\n{console[-3000:]}"
     summary.append(
         f"ppc64 dump: {len(head.loads)} PT_LOAD, {head.load_bytes >> 20} MiB, "
