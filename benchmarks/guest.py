@@ -35,12 +35,13 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.report import Problems, Table, num, ratio
 from tests.system import assets as assets_mod
+from tests.system import dump
 from tests.system.measure import Metrics, analyse
 from tests.system.scenarios import CONFIG_PATH, CRASH_APPEND, CRASH_INITRD, Guest
 from tests.system.vm import Vm, VmError, hardware_key
@@ -79,6 +80,7 @@ class Case:
     notes: list[str] = field(default_factory=list)
     stale_at_end: bool = False
     failed: bool = False  # a reload crashhp owed did not happen
+    vmcore: dump.DumpReport | None = None  # the vmcore a crash after the burst gave
 
 
 def other_qemu() -> list[str]:
@@ -323,59 +325,76 @@ def _check_active(g: Guest, key: str, problems: Problems) -> None:
 def _vm(a: assets_mod.Assets, name: str, say: Say) -> Vm:
     wait_for_free_machine(say)
     say(f"booting guest {name!r} (TCG; 15-60 s)")
-    return Vm(a, name=f"bench-{name}")
+    return Vm(a, name=f"bench-{name}", no_reboot=True)
 
 
-GUESTS = ("crashhp", "peer", "auto")
+# Each case is its own boot: it ends with a crash, and the dump its crash kernel sees is checked.
+GUESTS: dict[str, tuple[str, ...]] = {
+    "crashhp": ("a'", "c"),
+    "peer": ("b", "b'"),
+    "auto": ("a", "a''"),
+}
 
 
-def run(problems: Problems, say: Say, guests: tuple[str, ...] = GUESTS) -> Table:
+def _case(key: str, g: Guest, cases: dict[str, Case], problems: Problems) -> Case | None:
+    if key == "a'":
+        return crashhp_case(
+            g, "a'", "crashhp, reload.method = kexec (classic, no --hotplug)", "kexec", problems
+        )
+    if key == "c":
+        return upgrade_case(g, problems)
+    if key in ("b", "b'"):
+        return peer_case(g, lifted=key == "b'")
+    if key == "a":
+        prepare_kdump_tools(g)
+        return crashhp_case(
+            g, "a", "crashhp as packaged: reload.method = auto (kdump-config)", "auto", problems
+        )
+    if key == "a''" and "a'" in cases and cases["a'"].failed:
+        return kexec_caps_case(g, problems)
+    return None
+
+
+def run(problems: Problems, say: Say, guests: tuple[str, ...] = tuple(GUESTS)) -> Table:
     cases: dict[str, Case] = {}
     kver = "?"
     try:
         a = cached_assets(say)
         kver = a.kver
-
-        def crashhp_vm(g: Guest) -> Iterator[Case]:
-            yield crashhp_case(
-                g, "a'", "crashhp, reload.method = kexec (classic, no --hotplug)", "kexec", problems
-            )
-            yield upgrade_case(g, problems)
-
-        def peer_vm(g: Guest) -> Iterator[Case]:
-            yield peer_case(g, lifted=False)
-            yield peer_case(g, lifted=True)
-
-        def auto_vm(g: Guest) -> Iterator[Case]:
-            prepare_kdump_tools(g)
-            yield crashhp_case(
-                g, "a", "crashhp as packaged: reload.method = auto (kdump-config)", "auto", problems
-            )
-            if "a'" in cases and cases["a'"].failed:
-                yield kexec_caps_case(g, problems)
-
-        plan: dict[str, Callable[[Guest], Iterator[Case]]] = {
-            "crashhp": crashhp_vm,
-            "peer": peer_vm,
-            "auto": auto_vm,
-        }
         for name in guests:
-            if name not in plan:
-                problems.add(f"part 2: no guest {name!r} (choose from {', '.join(plan)})")
+            if name not in GUESTS:
+                problems.add(f"part 2: no guest {name!r} (choose from {', '.join(GUESTS)})")
                 continue
-            broken_before = len(problems.items)
-            with _vm(a, name, say) as vm:
-                say(f"guest {name!r} up in {vm.boot_s:.0f} s")
-                for case in plan[name](Guest(vm, say)):
-                    say(f"({case.key}) {case.label}: reloads {case.reloads}")
+            for key in GUESTS[name]:
+                if key == "a''" and not ("a'" in cases and cases["a'"].failed):
+                    continue
+                broken_before = len(problems.items)
+                with _vm(a, f"{name}-{key}", say) as vm:
+                    say(f"guest {name!r} up in {vm.boot_s:.0f} s")
+                    g = Guest(vm, say)
+                    dump.install_dumpcheck_initrd(vm)
+                    case = _case(key, g, cases, problems)
+                    if case is None:
+                        continue
+                    say(f"({case.key}) {case.label}: reloads {case.reloads}; crashing it")
+                    case.vmcore = dump.crash_and_check(vm)
+                    say(f"({case.key}) the dump: {case.vmcore.describe()}")
                     cases[case.key] = case
-            if len(problems.items) == broken_before:
-                shutil.rmtree(vm.dir, ignore_errors=True)  # keep the serial log of a failure
-            else:
-                problems.add(f"guest {name!r}: serial log and QEMU output kept in {vm.dir}")
+                if len(problems.items) == broken_before:
+                    shutil.rmtree(vm.dir, ignore_errors=True)  # keep the serial log of a failure
+                else:
+                    problems.add(f"guest {name!r}: serial log and QEMU output kept in {vm.dir}")
     except (VmError, OSError, subprocess.SubprocessError, RuntimeError) as exc:
         problems.add(f"part 2 (VM): {type(exc).__name__}: {exc}"[:2000])
     return table(cases, kver)
+
+
+def _dump(case: Case) -> str:
+    if case.vmcore is None:
+        return "-"
+    if case.vmcore.complete:
+        return "yes"
+    return f"NO: {case.vmcore.missing_text()}"
 
 
 def _restore(case: Case) -> str:
@@ -399,6 +418,7 @@ def table(cases: dict[str, Case], kver: str) -> Table:
             "ms unloaded",
             "last uevent -> valid, ms",
             "loaded at end",
+            "dump complete",
         ],
     )
     order = ["a", "a'", "a''", "b", "b'", "c"]
@@ -420,11 +440,16 @@ def table(cases: dict[str, Case], kver: str) -> Table:
             num(m.unloaded_ms) if m else "-",
             _restore(case),
             end,
+            _dump(case),
         )
     t.notes += _ratios(cases)
     for key in order:
         if key in cases:
             t.notes += [f"({key}) {n}" for n in cases[key].notes]
+    t.notes.append(
+        "dump complete: a crash after the burst, the vmcore's PT_LOADs and CPU notes against "
+        "the guest's System RAM and online CPUs just before it (tests/system/dump.py)"
+    )
     t.notes.append(
         "ms unloaded: total time kexec_crash_loaded read 0 (1 ms poller, SCHED_FIFO); last "
         "uevent -> valid: until the last 0 -> 1 after the last uevent (0 when the kernel keeps "

@@ -5,15 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from crashhp import __version__, kernel, logs, process, reload, status
-from crashhp.config import Config, ConfigError, LoadedConfig, load_config
-from crashhp.decision import Action, Decision, Reason, decide
-from crashhp.lock import ReloadLock
-from crashhp.model import KernelState, Policy, Subsystem, Verdict
+from crashhp import __version__, kernel, logs, reload, status
+from crashhp.config import ConfigError, LoadedConfig, load_config
 
 EX_SOFTWARE = 70
 
@@ -75,15 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _daemon(config_file: Path | None) -> int:
-    from crashhp.daemon import Daemon
     from crashhp.notify import SystemdNotifier
+    from crashhp.runtime import AlreadyRunning
+    from crashhp.service import Service
 
     loaded = load_config(config_file)  # a ConfigError is exit 1: restarting cannot fix it
     try:
         logs.configure(loaded.config.log.format, loaded.config.log.level.value)
-        return Daemon(lambda: load_config(config_file), SystemdNotifier()).run()
+        return Service(lambda: load_config(config_file), SystemdNotifier()).run()
     except ConfigError:
         raise
+    except AlreadyRunning as exc:
+        print(f"crashhp: {exc}; not starting a second one", file=sys.stderr)
+        return 1
     except Exception:
         # Not a config problem: exit with EX_SOFTWARE so that systemd restarts us
         # (the unit's RestartPreventExitStatus=1 is for bad configs only).
@@ -100,12 +100,12 @@ def _method(loaded: LoadedConfig) -> tuple[str, str | None]:
 
 
 def _status(config_file: Path | None, *, as_json: bool) -> int:
-    from crashhp.daemon import runtime_dir
+    from crashhp.arch import rules as arch_rules
+    from crashhp.peers import default_rule_dirs, find_peer_rules
+    from crashhp.runtime import runtime_dir
 
     loaded = load_config(config_file)
     method, error = _method(loaded)
-    from crashhp.peers import default_rule_dirs, find_peer_rules
-
     report = status.gather(
         kernel.read_state(),
         status.read_daemon(runtime_dir()),
@@ -113,6 +113,8 @@ def _status(config_file: Path | None, *, as_json: bool) -> int:
         method,
         error,
         peers=find_peer_rules(default_rule_dirs()),
+        upgrade_error=reload.upgrade_unavailable(loaded.config),
+        rules=arch_rules(kernel.host_arch()),
     )
     print(json.dumps(report, indent=2) if as_json else status.render(report))
     return int(report["exit_code"])
@@ -131,102 +133,56 @@ def _check_config(file: Path | None) -> int:
     return 0
 
 
-def _decide_once(config: Config) -> tuple[KernelState, Decision]:
-    """The daemon's decision for "everything may have changed", a 0 confirmed."""
-    state = kernel.read_state()
-    decision = decide(Subsystem, state, config.policy)
-    if decision.action is Action.CONFIRM:
-        # As the daemon does: re-read the 0s over the settle time; any 1 is the truth.
-        seen: set[Subsystem] = set()
-        until = time.monotonic() + config.coalesce.settle_ms / 1000
-        while time.monotonic() < until:
-            time.sleep(kernel.SETTLE_READ_INTERVAL_S)
-            seen.update(
-                s for s in decision.stale if kernel.read_verdict(s) is Verdict.KERNEL_UPDATES
-            )
-        state = kernel.read_state().seen_updating(seen)
-        decision = decide(Subsystem, state, config.policy, confirmed=True)
-    return state, decision
-
-
-def _run_plan(plan: reload.Plan, config: Config) -> process.Result | None:
-    """Run every step under the reload lock; the failing step's result, or None."""
-    from crashhp.daemon import runtime_dir
-
-    lock = ReloadLock(runtime_dir())
-    if not lock.acquire(timeout_s=config.reload.timeout_s):
-        return process.Result(plan.steps[0], None, 0.0, error=f"{lock.path} stays locked")
-    try:
-        for step in plan.steps:
-            result = process.run(step, config.reload.timeout_s)
-            if not result.ok:
-                return result
-        return None
-    finally:
-        lock.release()
-
-
 def _reload(config_file: Path | None, *, dry_run: bool) -> int:
-    config = load_config(config_file).config
-    _, decision = _decide_once(config)
-    print(f"decision: {decision.action.value}: {decision.text}")
-    if decision.action is not Action.RELOAD:
+    from crashhp.oneshot import OneShot
+
+    outcome = OneShot(load_config(config_file).config, dry_run=dry_run).run()
+    if outcome.action == "none" or (not outcome.plans and not outcome.action):
+        print(f"decision: skip: {outcome.text or outcome.decision}")
         return 0
-    try:
-        plan = reload.plan(config)
-    except reload.NoReloadMethod as exc:
-        print(f"crashhp: {exc}", file=sys.stderr)
-        return 1
-    if dry_run:
-        print(f"would run: {plan.describe()}")
+    if dry_run and outcome.plans:
+        print(f"decision: reload\nwould run: {outcome.plans[-1].describe()}")
         return 0
-    failed = _run_plan(plan, config)
-    if failed is not None:
-        print(f"crashhp: reload failed: {failed.describe()}\n{failed.output}", file=sys.stderr)
-        return 1
-    if not kernel.read_crash_loaded():
-        print("crashhp: reload ran but no crash kernel is loaded afterwards", file=sys.stderr)
-        return 1
-    print(f"reloaded with {plan.describe()}")
-    return 0
+    if outcome.action == "reload":
+        print(f"reloaded with {outcome.plans[-1].describe()}")
+        return 0
+    print(f"crashhp: reload failed: {outcome.text}", file=sys.stderr)
+    return 1
 
 
 def _upgrade(config_file: Path | None, *, dry_run: bool) -> int:
     """Reload a crash kernel loaded without hotplug support, hotplug-capably, once."""
-    config = load_config(config_file).config
-    state, decision = _decide_once(config.model_copy(update={"policy": Policy.AUTO}))
-    if not state.crash_loaded:
+    from crashhp.oneshot import OneShot
+
+    if not kernel.read_state().crash_loaded:
         print("crashhp: no crash kernel is loaded: nothing to upgrade", file=sys.stderr)
         return 1
-    if decision.reason is Reason.KERNEL_UPDATES:
-        print("nothing to do: the kernel already keeps the crash kernel current")
-        return 0
-    if decision.reason is not Reason.KERNEL_SAYS_RELOAD:
-        print(f"crashhp: cannot upgrade: {decision.text}", file=sys.stderr)
+    outcome = OneShot(load_config(config_file).config, upgrade=True, dry_run=dry_run).run()
+    if outcome.cannot_upgrade is not None:
+        print(f"crashhp: cannot upgrade: {outcome.cannot_upgrade}", file=sys.stderr)
         return 1
-    try:
-        plan = reload.upgrade_plan(config)
-    except reload.NoReloadMethod as exc:
-        print(f"crashhp: cannot upgrade: {exc}", file=sys.stderr)
+    if outcome.action == "none":
+        if outcome.decision == "kernel_handles":
+            print("nothing to do: the kernel already keeps the crash kernel current")
+            return 0
+        print(f"crashhp: cannot upgrade: {outcome.text}", file=sys.stderr)
         return 1
+    plan = outcome.plans[0]
     fallback = plan.fallback.describe() if plan.fallback else "none"
     if dry_run:
         print(f"would run: {plan.describe()}\nif that fails: {fallback}")
         return 0
-    failed = _run_plan(plan, config)
-    after = kernel.read_state()
-    if failed is None and after.crash_loaded:
-        current = all(after.verdict(s) is Verdict.KERNEL_UPDATES for s in Subsystem)
-        if current:
-            print(f"upgraded with {plan.describe()}: the kernel now keeps it current")
-            return 0
+    upgraded = outcome.action == "reload" and len(outcome.plans) == 1
+    if upgraded and outcome.keeps_current:
+        print(f"upgraded with {plan.describe()}: the kernel now keeps it current")
+        return 0
+    if upgraded:
         print(f"loaded with {plan.describe()}, but crash_hotplug still reads 0", file=sys.stderr)
         return 1
-    why = failed.describe() if failed else "no crash kernel loaded afterwards"
-    print(f"crashhp: hotplug-capable load failed ({why}); loading it the previous way: {fallback}")
-    if plan.fallback is not None:
-        _run_plan(plan.fallback, config)  # judged by what the kernel says next
-    if kernel.read_crash_loaded():
+    if outcome.crash_loaded:
+        failed = [e for e in outcome.events if e.event == "upgrade_failed"]
+        why = failed[-1].fields.get("text") if failed else None
+        print(f"crashhp: {why or 'hotplug-capable load failed'}: {fallback}")
         print("crash kernel loaded the previous way; hotplug still needs reloads", file=sys.stderr)
         return 1
     print("crashhp: UNPROTECTED: no crash kernel is loaded", file=sys.stderr)

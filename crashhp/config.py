@@ -2,16 +2,15 @@
 
 Layers, later wins: the model's defaults (packaged) < ``/etc/crashhp/crashhp.toml`` <
 ``/etc/crashhp/crashhp.d/*.toml`` in name order. ``--config FILE`` replaces the layering.
-The config names commands that run as root, so a file or directory that anyone but root
-(or the invoking user) can write is refused.
+The config names commands that run as root, so a file is refused when anyone but root
+(or the invoking user) can write it or any directory from / down to it; the descriptor
+that is read is the one checked (crashhp.configfile).
 """
 
 from __future__ import annotations
 
 import enum
 import os
-import stat
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,12 @@ from pydantic import (
     model_validator,
 )
 
+from crashhp.configfile import MAX_FILE_BYTES, ConfigError, open_checked, read_toml
 from crashhp.model import Policy
 
+__all__ = ["MAX_FILE_BYTES", "ConfigError", "LoadedConfig", "load_config"]
+
 ETC_DIR = Path("/etc/crashhp")
-MAX_FILE_BYTES = 1 << 20
 DEFAULTS = "(defaults)"
 
 
@@ -59,6 +60,18 @@ class LogFormat(enum.StrEnum):
     JOURNAL = "journal"
     CONSOLE = "console"
     JSON = "json"
+
+
+class Runner(enum.StrEnum):
+    AUTO = "auto"  # transient when systemd is PID 1 and reachable, else direct
+    TRANSIENT = "transient"  # each reload step as a transient unit (systemd-run)
+    DIRECT = "direct"  # a child of the daemon, in its own process group
+
+
+class MetricsEnabled(enum.StrEnum):
+    AUTO = "auto"  # write the textfile when its directory exists
+    YES = "yes"
+    NO = "no"
 
 
 class KexecSyscall(enum.StrEnum):
@@ -91,6 +104,12 @@ class Reload(_Section):
     retries: Annotated[Int, Field(ge=0, le=100)] = 5
     backoff_initial_s: Annotated[Float, Field(gt=0, le=3600)] = 1.0
     backoff_max_s: Annotated[Float, Field(gt=0, le=86_400)] = 60.0
+    runner: Runner = Field(
+        default=Runner.AUTO,
+        description="Where a reload command runs: transient = its own systemd unit "
+        "(systemd-run); direct = a child of the daemon; auto = transient when systemd "
+        "is PID 1",
+    )
 
     @field_validator("command")
     @classmethod
@@ -103,12 +122,19 @@ class Reload(_Section):
 
 
 class Kexec(_Section):
-    """How crashhp loads a crash kernel itself (``reload.method = "kexec"``, upgrades)."""
+    """How crashhp loads a crash kernel itself (``reload.method = "kexec"``, upgrades).
+
+    With kernel, initrd and cmdline all "", the load is the distribution's own dump
+    command (kdump-tools' recorded one; see distro.py). Set any of them and crashhp loads
+    from these keys alone, with kernel defaulting to /boot/vmlinuz-<running release> and
+    cmdline to /proc/cmdline without crashkernel= and the like plus ``append``; the
+    initrd must then be given.
+    """
 
     program: str = "kexec"  # looked up in the sbin directories unless absolute
-    kernel: str = ""  # "" = /boot/vmlinuz-<running release>
-    initrd: str = ""  # "" = the first kdump initrd of the usual distro paths that exists
-    cmdline: str = ""  # "" = /proc/cmdline without crashkernel= and the like, plus append
+    kernel: str = ""
+    initrd: str = ""
+    cmdline: str = ""
     append: str = "irqpoll nr_cpus=1 reset_devices"
     syscall: KexecSyscall = KexecSyscall.AUTO
     hotplug: Bool = True  # pass --hotplug to kexec_load when the kernel and kexec allow it
@@ -130,6 +156,32 @@ class Events(_Section):
     receive_buffer_bytes: Annotated[Int, Field(ge=1 << 16, le=1 << 30)] = 128 << 20
 
 
+class Metrics(_Section):
+    """The node_exporter textfile (see crashhp.metrics)."""
+
+    enabled: MetricsEnabled = Field(
+        default=MetricsEnabled.AUTO,
+        description="Write the metrics textfile; auto = only when its directory exists "
+        "(node_exporter's package creates it)",
+    )
+    textfile: str = Field(
+        default="/var/lib/prometheus/node-exporter/crashhp.prom",
+        description="The file node_exporter's textfile collector reads; absolute, ending in .prom",
+    )
+    interval_s: Annotated[Float, Field(ge=1, le=3600)] = Field(
+        default=30.0,
+        description="Rewrite it at least this often, so that an alert on "
+        "node_textfile_mtime_seconds sees a stopped daemon",
+    )
+
+    @field_validator("textfile")
+    @classmethod
+    def _textfile_path(cls, value: str) -> str:
+        if not value.startswith("/") or not value.endswith(".prom") or "\0" in value:
+            raise ValueError("must be an absolute path ending in .prom")
+        return value
+
+
 class Log(_Section):
     level: LogLevel = LogLevel.INFO
     format: LogFormat = LogFormat.AUTO
@@ -141,6 +193,7 @@ class Config(_Section):
     reload: Reload = Reload()
     kexec: Kexec = Kexec()
     events: Events = Events()
+    metrics: Metrics = Metrics()
     log: Log = Log()
 
     @model_validator(mode="after")
@@ -159,24 +212,6 @@ class _CrossFieldError(ValueError):
         super().__init__(f"{key}: {reason}")
         self.key = key
         self.reason = reason
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used; ``str()`` is the one line an admin sees."""
-
-    def __init__(self, path: Path | str, key: str | None, reason: str) -> None:
-        self.path = str(path)
-        self.key = key
-        self.reason = reason
-        where = f"{_one_line(self.path)}: {_one_line(key)}" if key else _one_line(self.path)
-        super().__init__(f"{where}: {_one_line(reason)}")
-
-
-def _one_line(text: str) -> str:
-    """Control characters escaped: a quoted TOML key or a file name may hold a newline."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True)
@@ -202,12 +237,20 @@ def load_config(path: Path | None = None, *, etc: Path = ETC_DIR) -> LoadedConfi
             files.append(main)
         dropins = etc / "crashhp.d"
         if dropins.is_dir():
-            _check_writers(dropins, dropins)
-            files.extend(sorted(p for p in dropins.glob("*.toml") if not p.name.startswith(".")))
+            fd = open_checked(dropins, directory=True)
+            try:
+                names = os.listdir(fd)
+            finally:
+                os.close(fd)
+            files.extend(
+                dropins / name
+                for name in sorted(names)
+                if name.endswith(".toml") and not name.startswith(".")
+            )
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for file in files:
-        data = _read_toml(file)
+        data = read_toml(file)
         _validate_alone(file, data)
         _merge(merged, data, origin, str(file))
     try:
@@ -216,52 +259,6 @@ def load_config(path: Path | None = None, *, etc: Path = ETC_DIR) -> LoadedConfi
         key, reason = _first_error(exc)
         raise ConfigError(origin.get(key, files[-1] if files else DEFAULTS), key, reason) from None
     return LoadedConfig(config=config, files=tuple(files), origin=origin)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        real = path.resolve(strict=True)
-        st = real.stat()
-    except FileNotFoundError:
-        raise ConfigError(path, None, "no such file") from None
-    except OSError as exc:
-        raise ConfigError(path, None, exc.strerror or str(exc)) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConfigError(path, None, "not a regular file")
-    _check_writers(path, real)
-    _check_writers(path, real.parent)
-    if st.st_size > MAX_FILE_BYTES:
-        raise ConfigError(
-            path, None, f"file too large ({st.st_size} bytes, limit {MAX_FILE_BYTES})"
-        )
-    try:
-        raw = real.read_bytes()[: MAX_FILE_BYTES + 1]
-        text = raw.decode("utf-8")
-        return tomllib.loads(text)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, None, f"not UTF-8 text (byte {exc.start})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, None, f"invalid TOML: {exc}") from None
-    except RecursionError:
-        # tomllib parses nested arrays and inline tables recursively: `x = [[[[...` a few
-        # thousand deep (a few KiB) would otherwise end the daemon with a traceback.
-        raise ConfigError(path, None, "invalid TOML: nested too deeply") from None
-    except OSError as exc:
-        raise ConfigError(path, None, exc.strerror or str(exc)) from None
-
-
-def _check_writers(shown: Path, real: Path) -> None:
-    """Refuse ``real`` if anyone but root or the caller can write it."""
-    st = real.stat()
-    trusted = {0, os.geteuid()}
-    what = "directory" if stat.S_ISDIR(st.st_mode) else "file"
-    if st.st_uid not in trusted:
-        raise ConfigError(shown, None, f"{what} {real} is owned by uid {st.st_uid}, not root")
-    sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
-    if st.st_mode & stat.S_IWOTH and not sticky:
-        raise ConfigError(shown, None, f"{what} {real} is writable by everyone")
-    if st.st_mode & stat.S_IWGRP and st.st_gid not in trusted and not sticky:
-        raise ConfigError(shown, None, f"{what} {real} is writable by group {st.st_gid}")
 
 
 def _validate_alone(path: Path, data: Mapping[str, Any]) -> None:

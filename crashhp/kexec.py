@@ -11,14 +11,12 @@ from __future__ import annotations
 import os
 import platform
 import re
-import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crashhp import process
+from crashhp import distro, process
 from crashhp.config import Kexec, KexecSyscall
-from crashhp.process import SAFE_PATH
 
 # Parameters of the running kernel that must not reach the crash kernel: its own
 # reservation, CPU and memory sizing that the small crash environment cannot honour,
@@ -48,16 +46,6 @@ DROPPED_PARAMS = frozenset(
     }
 )
 
-# Where the distributions keep the kdump initrd, then the ordinary initrd.
-INITRD_CANDIDATES = (
-    "/var/lib/kdump/initrd.img-{release}",  # Debian, Ubuntu (kdump-tools)
-    "/boot/initramfs-{release}kdump.img",  # Fedora, RHEL (kdump-utils)
-    "/var/lib/kdump/initramfs-{release}kdump.img",
-    "/boot/initrd-{release}-kdump",  # openSUSE
-    "/boot/initrd.img-{release}",
-    "/boot/initramfs-{release}.img",
-    "/boot/initrd-{release}",
-)
 KERNEL_CANDIDATES = ("/boot/vmlinuz-{release}", "/boot/vmlinux-{release}", "/boot/Image-{release}")
 
 FLAG_OPTIONS = {
@@ -138,13 +126,18 @@ def load_argv(
     syscall: KexecSyscall,
     *,
     hotplug: bool,
+    program: str | None = None,
+    extra: Sequence[str] = (),
+    cmdline_option: str = "--append",
 ) -> tuple[str, ...]:
     """`kexec -p ...` for one load. Pure.
 
     ``--hotplug`` is passed only for kexec_load, only when both the kernel
     (crash_elfcorehdr_size) and kexec-tools support it: kexec aborts otherwise.
+    ``program``, ``extra`` and ``cmdline_option`` come from a distribution's recorded
+    command (its kexec path, its other options, its spelling of the command line).
     """
-    argv = [caps.program, "-p"]
+    argv = [program or caps.program, "-p"]
     if syscall is KexecSyscall.FILE:
         argv.append("-s")
     elif syscall is KexecSyscall.CLASSIC:
@@ -153,9 +146,10 @@ def load_argv(
         argv.append("-a")
     if hotplug and syscall is not KexecSyscall.FILE and caps.classic_hotplug:
         argv.append("--hotplug")
+    argv.extend(extra)
+    argv.append(f"{cmdline_option}={cmdline}")  # in kdump-config's order
     if initrd:
         argv.append(f"--initrd={initrd}")
-    argv.append(f"--append={cmdline}")
     argv.append(kernel)
     return tuple(argv)
 
@@ -180,14 +174,25 @@ def find_program(settings: Kexec) -> str:
         if not os.access(settings.program, os.X_OK):
             raise KexecUnavailable(f"kexec.program {settings.program} is not executable")
         return settings.program
-    found = shutil.which(settings.program, path=SAFE_PATH)
+    found = process.which(settings.program)
     if found is None:
         raise KexecUnavailable(f"{settings.program} not found: install kexec-tools")
     return found
 
 
-def detect(settings: Kexec, sysfs: Path = Path("/sys"), timeout_s: float = 10) -> Capabilities:
-    """Ask kexec-tools what it supports (`kexec --help`) and the kernel what it offers."""
+def detect(
+    settings: Kexec,
+    sysfs: Path = Path("/sys"),
+    timeout_s: float = 10,
+    *,
+    program: str | None = None,
+) -> Capabilities:
+    """Ask kexec-tools what it supports (`kexec --help`) and the kernel what it offers.
+
+    ``program``: the kexec of a recorded command, instead of ``kexec.program``.
+    """
+    if program is not None:
+        settings = settings.model_copy(update={"program": program})
     program = find_program(settings)
     result = process.run([program, "--help"], timeout_s, tail_bytes=1 << 16)
     if result.error is not None or result.timed_out:
@@ -202,14 +207,78 @@ def detect(settings: Kexec, sysfs: Path = Path("/sys"), timeout_s: float = 10) -
 
 @dataclass(frozen=True, slots=True)
 class LoadSpec:
-    """Everything one crash kernel load needs, resolved from the config and the system."""
+    """Everything one crash kernel load needs, from the distribution's tool or the config."""
 
     kernel: str
     initrd: str | None
     cmdline: str
+    source: str = "the [kexec] settings"
+    program: str | None = None  # the recorded kexec; None = kexec.program
+    extra: tuple[str, ...] = ()  # the recorded command's other options
+    cmdline_option: str = "--append"
+    recorded: tuple[str, ...] | None = None  # the tool's exact command: restores its load
+    lock: str | None = None  # the tool's own lock file, held around crashhp's loads
+
+    def argv(self, caps: Capabilities, syscall: KexecSyscall, *, hotplug: bool) -> tuple[str, ...]:
+        return load_argv(
+            caps,
+            self.kernel,
+            self.initrd,
+            self.cmdline,
+            syscall,
+            hotplug=hotplug,
+            program=self.program,
+            extra=self.extra,
+            cmdline_option=self.cmdline_option,
+        )
 
 
-def resolve(settings: Kexec, procfs: Path = Path("/proc"), release: str | None = None) -> LoadSpec:
+def has_own_settings(settings: Kexec) -> bool:
+    """The admin named the crash kernel in [kexec]: crashhp loads from those keys alone."""
+    return bool(settings.kernel or settings.initrd or settings.cmdline)
+
+
+def resolve(
+    settings: Kexec,
+    procfs: Path = Path("/proc"),
+    release: str | None = None,
+    *,
+    root: Path = Path("/"),
+    path: str | None = None,
+) -> LoadSpec:
+    """The crash kernel crashhp loads: the [kexec] keys if the admin set any, else the
+    command the distribution's kdump tool ran. Never a guessed initrd or command line.
+    """
+    if has_own_settings(settings):
+        return _from_settings(settings, procfs, release)
+    name = distro.tool(root, path)
+    if name is None:
+        raise KexecUnavailable(
+            "no distribution kdump tool (kdump-tools, kdumpctl, kdump) to take the crash "
+            "kernel's command from: set kexec.initrd and kexec.cmdline (or kexec.append) "
+            "for crashhp's own loads"
+        )
+    if name != "kdump-tools":
+        raise KexecUnavailable(distro.unsupported_reason(name, root))
+    try:
+        recorded = distro.kdump_tools_command(root, procfs)
+    except distro.DumpCommandUnknown as exc:
+        raise KexecUnavailable(f"cannot establish kdump-tools' dump command: {exc}") from None
+    return LoadSpec(
+        kernel=recorded.kernel,
+        initrd=recorded.initrd,
+        cmdline=recorded.cmdline,
+        source=recorded.source,
+        # The recorded kexec, unless the admin named another in kexec.program.
+        program=recorded.argv[0] if settings.program == Kexec().program else None,
+        extra=recorded.extra,
+        cmdline_option=recorded.cmdline_option,
+        recorded=recorded.argv,
+        lock=recorded.lock,
+    )
+
+
+def _from_settings(settings: Kexec, procfs: Path, release: str | None) -> LoadSpec:
     release = release or platform.release()
     kernel = settings.kernel or first_existing(KERNEL_CANDIDATES, release)
     if not kernel or not os.path.exists(kernel):
@@ -217,8 +286,12 @@ def resolve(settings: Kexec, procfs: Path = Path("/proc"), release: str | None =
             f"no crash kernel image ({settings.kernel or '/boot/vmlinuz-' + release}); "
             "set kexec.kernel"
         )
-    initrd = settings.initrd or first_existing(INITRD_CANDIDATES, release)
-    if settings.initrd and not os.path.exists(settings.initrd):
+    if not settings.initrd:
+        raise KexecUnavailable(
+            "kexec.kernel or kexec.cmdline is set but kexec.initrd is not: crashhp does not "
+            "guess the crash kernel's initrd (the ordinary one saves no dump)"
+        )
+    if not os.path.exists(settings.initrd):
         raise KexecUnavailable(f"kexec.initrd {settings.initrd} does not exist")
     cmdline = settings.cmdline
     if not cmdline:
@@ -227,7 +300,7 @@ def resolve(settings: Kexec, procfs: Path = Path("/proc"), release: str | None =
         except OSError as exc:
             raise KexecUnavailable(f"cannot read /proc/cmdline: {exc.strerror}") from None
         cmdline = crash_cmdline(running, settings.append)
-    return LoadSpec(kernel=kernel, initrd=initrd, cmdline=cmdline)
+    return LoadSpec(kernel=kernel, initrd=settings.initrd, cmdline=cmdline)
 
 
 def plan_steps(
@@ -236,4 +309,4 @@ def plan_steps(
     """The one step of a crashhp load: `kexec -p` straight over the loaded image."""
     use_hotplug = settings.hotplug if hotplug is None else hotplug
     syscall = effective_syscall(settings.syscall, caps) if use_hotplug else settings.syscall
-    return (load_argv(caps, spec.kernel, spec.initrd, spec.cmdline, syscall, hotplug=use_hotplug),)
+    return (spec.argv(caps, syscall, hotplug=use_hotplug),)

@@ -23,16 +23,13 @@ class ReloadLock:
     def acquire(self, timeout_s: float = 0.0) -> bool:
         """Take the lock, waiting up to ``timeout_s``; False if another holder keeps it.
 
-        True as well when the directory cannot be used (not root, read-only /run):
-        the lock then only coordinates the processes that can take it.
+        OSError when the lock cannot be made (not root, read-only /run): it fails closed,
+        since a reload without it could race another crashhp reload.
         """
         if self._fd is not None:
             return True
-        try:
-            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:
-            return True
+        self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         deadline = time.monotonic() + timeout_s
         while True:
             try:

@@ -78,30 +78,46 @@ def _message(event_dict: EventDict) -> str:
     return f"{event} {pairs}".strip()
 
 
-class JournalRenderer:
-    """Final processor: sends the event to journald as native fields."""
+def journal_fields(
+    logger: WrappedLogger, name: str, event_dict: EventDict
+) -> tuple[tuple[str], dict[str, str]]:
+    """Final processor: the MESSAGE and the native journal fields, for JournalLogger."""
+    event = str(event_dict.get("event", ""))
+    level = str(event_dict.get("level", name))
+    fields: dict[str, str] = {
+        "PRIORITY": str(PRIORITY.get(level, 6)),
+        "SYSLOG_IDENTIFIER": IDENTIFIER,
+        "CRASHHP_EVENT": event,
+    }
+    if event in MESSAGE_IDS:
+        fields["MESSAGE_ID"] = MESSAGE_IDS[event]
+    for key, value in event_dict.items():
+        if key in {"event", "level", "timestamp", "text"} or value is None:
+            continue
+        field = "".join(c if c.isalnum() else "_" for c in key.upper()).lstrip("_")
+        if field and not field[0].isdigit():
+            fields[field] = _journal_value(value)
+    return (_message(event_dict),), fields
+
+
+class JournalLogger:
+    """The logger structlog hands each entry to: one ``journal.send`` per entry."""
 
     def __init__(self, send: JournalSend) -> None:
         self._send = send
 
-    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
-        event = str(event_dict.get("event", ""))
-        level = str(event_dict.get("level", name))
-        fields: dict[str, str] = {
-            "PRIORITY": str(PRIORITY.get(level, 6)),
-            "SYSLOG_IDENTIFIER": IDENTIFIER,
-            "CRASHHP_EVENT": event,
-        }
-        if event in MESSAGE_IDS:
-            fields["MESSAGE_ID"] = MESSAGE_IDS[event]
-        for key, value in event_dict.items():
-            if key in {"event", "level", "timestamp", "text"} or value is None:
-                continue
-            field = "".join(c if c.isalnum() else "_" for c in key.upper()).lstrip("_")
-            if field and not field[0].isdigit():
-                fields[field] = _journal_value(value)
-        self._send(_message(event_dict), **fields)
-        raise structlog.DropEvent
+    def msg(self, message: str, **fields: str) -> None:
+        self._send(message, **fields)
+
+    log = debug = info = warning = warn = error = err = critical = exception = fatal = msg
+
+
+class JournalLoggerFactory:
+    def __init__(self, send: JournalSend) -> None:
+        self._logger = JournalLogger(send)
+
+    def __call__(self, *args: Any) -> JournalLogger:
+        return self._logger
 
 
 def _add_message_id(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
@@ -126,7 +142,7 @@ def configure(
             from systemd import journal  # the untyped binding stays behind this edge
 
             send = journal.send
-        processors = [*shared, structlog.processors.format_exc_info, JournalRenderer(send)]
+        processors = [*shared, structlog.processors.format_exc_info, journal_fields]
     elif chosen is LogFormat.JSON:
         processors = [
             *shared,
@@ -141,12 +157,17 @@ def configure(
             structlog.processors.TimeStamper(fmt="%H:%M:%S", utc=False),
             structlog.dev.ConsoleRenderer(colors=False),
         ]
+    factory: Callable[..., Any] = (
+        JournalLoggerFactory(send)
+        if chosen is LogFormat.JOURNAL and send is not None
+        else structlog.PrintLoggerFactory(stream or sys.stderr)
+    )
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=factory,
         cache_logger_on_first_use=False,
     )
     return chosen

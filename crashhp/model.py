@@ -39,6 +39,28 @@ class Policy(enum.StrEnum):
 EVENT_ACTIONS: frozenset[str] = frozenset({"add", "remove", "online", "offline"})
 
 
+class Layout(enum.StrEnum):
+    """Where the kernel publishes its kexec facts."""
+
+    KEXEC_DIR = "kexec-dir"  # /sys/kernel/kexec/{crash_loaded,crash_size,...} (6.19/7.0 on)
+    LEGACY = "legacy"  # /sys/kernel/kexec_crash_loaded and siblings (obsolete since 6.19)
+    NONE = "none"  # neither: no kexec support
+
+
+@dataclass(frozen=True, slots=True)
+class Fadump:
+    """``/sys/kernel/fadump/*``: firmware-assisted dump (ppc64), which protects the machine
+    without a kexec crash kernel (``kexec_crash_loaded`` reads 0 then)."""
+
+    enabled: bool
+    registered: bool
+    hotplug_ready: bool  # the kernel updates fadump's view itself (6.10 and later)
+
+    @property
+    def protects(self) -> bool:
+        return self.enabled and self.registered
+
+
 @dataclass(frozen=True, slots=True)
 class KernelState:
     """One read of the kernel files that a decision needs.
@@ -53,6 +75,18 @@ class KernelState:
     )
     elfcorehdr_size: int | None = None
     crash_size: int | None = None
+    layout: Layout = Layout.LEGACY
+    fadump: Fadump | None = None
+
+    @property
+    def protected(self) -> bool:
+        """A crash now would be dumped: a crash kernel is loaded, or fadump is registered."""
+        return bool(self.crash_loaded) or (self.fadump is not None and self.fadump.protects)
+
+    @property
+    def kernel_keeps_current(self) -> bool:
+        """Every subsystem's crash_hotplug reads 1."""
+        return all(self.verdict(s) is Verdict.KERNEL_UPDATES for s in Subsystem)
 
     def verdict(self, subsystem: Subsystem) -> Verdict:
         return self.verdicts.get(subsystem, Verdict.ABSENT)
@@ -80,3 +114,49 @@ class Burst:
     subsystems: frozenset[Subsystem]
     first_at: float
     last_at: float
+    # The highest SEQNUM in it; None when some of it has none (a resync after lost events).
+    max_seqnum: int | None = None
+    removes_memory: bool = False  # a memory `remove`: never covered by an earlier load
+    synthetic: int = 0  # events with SYNTH_UUID (`udevadm trigger`)
+
+
+@dataclass(frozen=True, slots=True)
+class Uevent:
+    """One relevant uevent, as the uevent source hands it over."""
+
+    action: str
+    subsystem: Subsystem
+    sys_name: str
+    seqnum: int
+    synthetic: bool = False  # SYNTH_UUID set: `udevadm trigger`, not a change
+
+
+class Protection(enum.StrEnum):
+    """Would a crash now give a complete dump? The engine's one protection value."""
+
+    PROTECTED = "protected"  # loaded, and it describes the current topology
+    FADUMP = "fadump"  # firmware-assisted dump registered (ppc64): no kexec crash kernel
+    NOT_LOADED = "not-loaded"  # nothing loaded, and not by our doing
+    UNPROTECTED = "unprotected"  # our reload left no crash kernel loaded
+    STALE = "stale"  # loaded, but a needed reload failed: the header is out of date
+    NO_KEXEC = "no-kexec"
+
+
+_PART = 8  # hex digits of each part of a topology fingerprint
+
+
+def fingerprint(cpu_digest: str, memory_digest: str) -> str:
+    """A topology fingerprint: the CPU part, then the RAM part (hex digests, truncated)."""
+    return cpu_digest[:_PART] + memory_digest[:_PART]
+
+
+def changed_parts(recorded: str, current: str) -> frozenset[Subsystem]:
+    """The subsystems whose part of the fingerprint differs (all, if one is malformed)."""
+    if len(recorded) != 2 * _PART or len(current) != 2 * _PART:
+        return frozenset(Subsystem) if recorded != current else frozenset()
+    changed = set()
+    if recorded[:_PART] != current[:_PART]:
+        changed.add(Subsystem.CPU)
+    if recorded[_PART:] != current[_PART:]:
+        changed.add(Subsystem.MEMORY)
+    return frozenset(changed)

@@ -2,7 +2,13 @@
 
 A command runs in a session (and process group) of its own, with its output in an
 anonymous temporary file, so that nothing blocks on a full pipe and a timeout can kill
-the command and every child it left behind.
+the command and every child it left behind. Its environment is an allow-list and PATH is
+SAFE_PATH alone.
+
+:class:`Runner` is what the service needs from a process runner; :class:`DirectRunner`
+(children of the daemon, in its cgroup) is the one there is. A runner that wraps each
+argv in ``systemd-run --wait --collect --unit=... -p RuntimeMaxSec=...`` fits the same
+protocol.
 """
 
 from __future__ import annotations
@@ -10,15 +16,22 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 OUTPUT_TAIL_BYTES = 4096
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def which(program: str, path: str | None = None) -> str | None:
+    """``program`` on ``path`` (SAFE_PATH by default): where reload tools are looked up."""
+    return shutil.which(program, path=path or SAFE_PATH)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +42,7 @@ class Result:
     output: str = ""  # the tail of stdout and stderr together
     timed_out: bool = False
     error: str | None = None  # why it could not start
+    busy: bool = False  # not run: another crashhp reload holds the reload lock
 
     @property
     def ok(self) -> bool:
@@ -44,13 +58,37 @@ class Result:
         return f"{self.argv[0]} exited with status {self.returncode}"
 
 
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
-    # Distro tools live in sbin; a service manager may give us a PATH without it.
-    env["PATH"] = SAFE_PATH if not env.get("PATH") else f"{env['PATH']}:{SAFE_PATH}"
-    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID"):
-        env.pop(name, None)  # the child must not talk to systemd as if it were us
+# What a reload tool may see of the daemon's environment: locale and terminal settings.
+# Nothing of systemd's (NOTIFY_SOCKET, WATCHDOG_*, LISTEN_*, INVOCATION_ID, JOURNAL_STREAM),
+# no PYTHON* and no LD_*: the child must neither talk to systemd as if it were us nor run
+# other code than its own.
+ENV_ALLOW = frozenset({"LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES", "TERM", "TZ"})
+
+
+def environment(parent: dict[str, str] | None = None) -> dict[str, str]:
+    """The reload command's environment: the allow-listed variables, PATH = SAFE_PATH."""
+    source = os.environ if parent is None else parent
+    env = {k: v for k, v in source.items() if k in ENV_ALLOW}
+    env["PATH"] = SAFE_PATH  # distro tools live in sbin; never a PATH we were given
     return env
+
+
+class Process(Protocol):
+    """A started command. ``fileno()`` becomes readable when it exits."""
+
+    def fileno(self) -> int: ...
+
+    def exited(self) -> bool: ...
+
+    def kill(self) -> None: ...
+
+    def finish(self) -> Result: ...
+
+
+class Runner(Protocol):
+    def start(self, argv: Sequence[str], timeout_s: float) -> Process | Result:
+        """Start ``argv``; a Result instead when it cannot even start."""
+        ...
 
 
 class Running:
@@ -69,24 +107,46 @@ class Running:
         self.started_at = clock()
         self.deadline = self.started_at + timeout_s
         self._out = tempfile.TemporaryFile()  # noqa: SIM115 - closed in finish()
-        self._proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env=_environment(),
-        )
+        try:
+            self._proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env=environment(),
+            )
+        except BaseException:
+            self._out.close()
+            raise
         self.pid = self._proc.pid
-        self._pidfd = os.pidfd_open(self.pid)
+        try:
+            self._pidfd = pidfd_open(self.pid)
+        except OSError:
+            # Never an unsupervised child: without a pidfd there is no timeout and no
+            # wake-up. Kill its group while it is still ours (not reaped: the pgid cannot
+            # be reused yet), then reap it, and report "could not start".
+            self._kill_group()
+            self._proc.wait()
+            self._out.close()
+            raise
         self._timed_out = False
 
     def fileno(self) -> int:
         return self._pidfd
 
     def exited(self) -> bool:
-        return self._proc.poll() is not None
+        """The command has exited; it is not reaped, so its process group stays ours."""
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return info is not None
+
+    def _wait_unreaped(self) -> None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
 
     def kill(self) -> None:
         """Kill the whole process group (the timeout expired)."""
@@ -99,8 +159,9 @@ class Running:
 
     def finish(self) -> Result:
         """Reap the command (blocking only if it has not exited) and clean up."""
+        self._wait_unreaped()
+        self._kill_group()  # children the command left behind, before the pgid is freed
         returncode = self._proc.wait()
-        self._kill_group()  # children the command left behind in its group
         duration = self._clock() - self.started_at
         os.close(self._pidfd)
         self._out.seek(0, os.SEEK_END)
@@ -117,6 +178,10 @@ class Running:
         )
 
 
+def pidfd_open(pid: int) -> int:
+    return os.pidfd_open(pid)
+
+
 def start(
     argv: Sequence[str],
     timeout_s: float,
@@ -130,6 +195,16 @@ def start(
         return Result(argv=tuple(argv), returncode=None, duration_s=0.0, error=exc.strerror)
     except ValueError as exc:  # an argument with a NUL byte: a failed reload, not a crash
         return Result(argv=tuple(argv), returncode=None, duration_s=0.0, error=str(exc))
+
+
+class DirectRunner:
+    """Each command a child of the daemon, in its own session and process group."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+
+    def start(self, argv: Sequence[str], timeout_s: float) -> Process | Result:
+        return start(argv, timeout_s, self._clock)
 
 
 def run(argv: Sequence[str], timeout_s: float, tail_bytes: int = OUTPUT_TAIL_BYTES) -> Result:

@@ -1,14 +1,18 @@
-"""How a reload is done: the configured method as argv steps, and the retry policy."""
+"""How a reload is done: the configured method as argv steps, and the retry policy.
+
+crashhp's own loads (method "kexec", upgrades) take the crash kernel's command from the
+distribution's kdump tool or from explicit [kexec] keys (see kexec.resolve, distro.py);
+on Debian they, and `kdump-config reload`, run under kdump-tools' own lock.
+"""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from crashhp import kexec
+from crashhp import distro, kexec
 from crashhp.config import Config, KexecSyscall, Reload, ReloadMethod
-from crashhp.process import SAFE_PATH
+from crashhp.process import which
 
 # What each distribution's tool calls its own unload-then-load.
 TOOL_STEPS: dict[ReloadMethod, tuple[str, ...]] = {
@@ -38,10 +42,6 @@ class Plan:
         return " && ".join(" ".join(step) for step in self.steps)
 
 
-def which(program: str, path: str | None = None) -> str | None:
-    return shutil.which(program, path=path or SAFE_PATH)
-
-
 def resolve_method(reload: Reload, path: str | None = None) -> ReloadMethod:
     """The method ``auto`` stands for here: the distro tool that is installed."""
     if reload.method is not ReloadMethod.AUTO:
@@ -61,19 +61,45 @@ def plan(
     path: str | None = None,
     sysfs: Path = Path("/sys"),
     procfs: Path = Path("/proc"),
+    root: Path = Path("/"),
 ) -> Plan:
-    """The configured reload."""
+    """The configured reload. ``root``: where /etc and the tools' records are (tests)."""
     method = resolve_method(config.reload, path)
     if method is ReloadMethod.COMMAND:
         return Plan(method, (config.reload.command,))
     if method is ReloadMethod.KEXEC:
-        caps, spec = _kexec_facts(config, sysfs, procfs)
-        return Plan(method, tuple(kexec.plan_steps(config.kexec, caps, spec)))
+        caps, spec = _kexec_facts(config, sysfs, procfs, root, path)
+        steps = kexec.plan_steps(config.kexec, caps, spec)
+        return Plan(method, tuple(_locked(step, spec.lock, config, path) for step in steps))
     tool, *args = TOOL_STEPS[method]
     found = which(tool, path)
     if found is None:
         raise NoReloadMethod(f"reload.method = {method.value!r} but {tool} is not installed")
-    return Plan(method, ((found, *args),))
+    step = (found, *args)
+    if method is ReloadMethod.KDUMP_CONFIG:
+        # `kdump-config reload` takes no lock of its own, but its udev rule's
+        # `try-reload` flocks $KDUMP_COREDIR/kdump_lock: hold that one too, so that the
+        # two never interleave their unloads and loads.
+        step = _locked(step, _kdump_tools_lock(root), config, path)
+    return Plan(method, (step,))
+
+
+def _kdump_tools_lock(root: Path) -> str:
+    try:
+        return distro.read_kdump_tools(root).lock
+    except distro.DumpCommandUnknown:
+        # kdump-config (a shell) still reads the file; its default is the best we know.
+        return distro.KdumpTools({}).lock
+
+
+def _locked(
+    step: tuple[str, ...], lock: str | None, config: Config, path: str | None
+) -> tuple[str, ...]:
+    """``step`` under the distribution tool's lock file (flock(1), util-linux)."""
+    flock = which("flock", path) if lock else None
+    if lock is None or flock is None:
+        return step
+    return (flock, "-w", f"{config.reload.timeout_s:g}", lock, *step)
 
 
 def upgrade_plan(
@@ -82,15 +108,21 @@ def upgrade_plan(
     path: str | None = None,
     sysfs: Path = Path("/sys"),
     procfs: Path = Path("/proc"),
+    root: Path = Path("/"),
 ) -> Plan:
-    """A hotplug-capable load, falling back to the configured reload if it fails.
+    """A hotplug-capable load, falling back to the previous load if it fails.
 
     kexec_file_load images and kexec_load images with --hotplug are kept current by
     the kernel. kexec_load with --hotplug needs kexec-tools' --hotplug and the kernel's
     crash_elfcorehdr_size, and is what ``syscall = "auto"`` picks where lockdown allows
     (its window without a crash kernel is the shorter); otherwise kexec_file_load (-s).
+
+    The load is the distribution tool's own command with only those options changed
+    (or the admin's [kexec] keys); NoReloadMethod where neither can be established.
+    The fallback is the tool's recorded command exactly as it ran, else the configured
+    reload by the tool, else the [kexec] keys' load without --hotplug.
     """
-    caps, spec = _kexec_facts(config, sysfs, procfs)
+    caps, spec = _kexec_facts(config, sysfs, procfs, root, path)
     settings = config.kexec
     if settings.syscall is KexecSyscall.CLASSIC and not caps.classic_hotplug:
         missing = (
@@ -102,34 +134,47 @@ def upgrade_plan(
     syscall = kexec.effective_syscall(settings.syscall, caps)
     if syscall is KexecSyscall.AUTO:
         syscall = KexecSyscall.FILE  # -a could fall back to a kexec_load without the flag
-    steps = (kexec.load_argv(caps, spec.kernel, spec.initrd, spec.cmdline, syscall, hotplug=True),)
-    try:
-        previous = plan(config, path=path, sysfs=sysfs, procfs=procfs)
-    except NoReloadMethod:
-        previous = None
-    if previous is None or previous.method is ReloadMethod.KEXEC:
-        # The way it was loaded before: kexec_load without the flag.
-        previous = Plan(
-            ReloadMethod.KEXEC,
-            (
-                kexec.load_argv(
-                    caps,
-                    spec.kernel,
-                    spec.initrd,
-                    spec.cmdline,
-                    KexecSyscall.CLASSIC,
-                    hotplug=False,
-                ),
-            ),
-        )
+    steps = (_locked(spec.argv(caps, syscall, hotplug=True), spec.lock, config, path),)
+    previous: Plan | None
+    if spec.recorded is not None:
+        # Exactly the load the distribution's tool made, as it recorded it.
+        previous = Plan(ReloadMethod.KEXEC, (_locked(spec.recorded, spec.lock, config, path),))
+    else:
+        try:
+            previous = plan(config, path=path, sysfs=sysfs, procfs=procfs, root=root)
+        except NoReloadMethod:
+            previous = None
+        if previous is None or previous.method is ReloadMethod.KEXEC:
+            # The admin's [kexec] keys, loaded the way that left crash_hotplug at 0.
+            previous = Plan(
+                ReloadMethod.KEXEC, (spec.argv(caps, KexecSyscall.CLASSIC, hotplug=False),)
+            )
     return Plan(ReloadMethod.KEXEC, steps, purpose="upgrade", fallback=previous)
 
 
+def upgrade_unavailable(
+    config: Config,
+    *,
+    path: str | None = None,
+    sysfs: Path = Path("/sys"),
+    procfs: Path = Path("/proc"),
+    root: Path = Path("/"),
+) -> str | None:
+    """Why crashhp cannot upgrade faithfully here, or None if it can."""
+    try:
+        upgrade_plan(config, path=path, sysfs=sysfs, procfs=procfs, root=root)
+    except NoReloadMethod as exc:
+        return str(exc)
+    return None
+
+
 def _kexec_facts(
-    config: Config, sysfs: Path, procfs: Path
+    config: Config, sysfs: Path, procfs: Path, root: Path, path: str | None
 ) -> tuple[kexec.Capabilities, kexec.LoadSpec]:
     try:
-        return kexec.detect(config.kexec, sysfs), kexec.resolve(config.kexec, procfs)
+        spec = kexec.resolve(config.kexec, procfs, root=root, path=path)
+        program = str(distro.under(root, spec.program)) if spec.program else None
+        return kexec.detect(config.kexec, sysfs, program=program), spec
     except kexec.KexecUnavailable as exc:
         raise NoReloadMethod(str(exc)) from None
 

@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
-import enum
-import json
 import os
 import platform
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crashhp import persist, report
+from crashhp.arch import Rules
 from crashhp.config import LoadedConfig, describe_sources
-from crashhp.model import KernelState, Policy, Subsystem, Verdict
+from crashhp.model import KernelState, Layout, Policy, Protection, Subsystem, Verdict
 from crashhp.peers import PeerRule
+from crashhp.report import UPGRADE_ADVICE, Assessment, Exit
+from crashhp.runtime import daemon_alive
 
+__all__ = ["UPGRADE_ADVICE", "Assessment", "Exit", "assess", "gather", "read_daemon", "render"]
 
-class Exit(enum.IntEnum):
-    """Exit codes in the monitoring-plugin convention."""
-
-    OK = 0
-    WARNING = 1
-    CRITICAL = 2
-    UNKNOWN = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Assessment:
-    code: Exit
-    headline: str
-    advice: str = ""
-
-
-UPGRADE_ADVICE = (
-    "`crashhp upgrade` (or kexec.upgrade = true) would reload it hotplug-capably "
-    "(kexec -s, or kexec -c --hotplug) so that the kernel keeps it current"
-)
+LAYOUT_WORDS = {
+    Layout.KEXEC_DIR.value: "/sys/kernel/kexec/ (Linux 6.19 and later)",
+    Layout.LEGACY.value: "/sys/kernel/kexec_crash_loaded and siblings (before 6.19)",
+    Layout.NONE.value: "none (no kexec support)",
+}
 
 
 def assess(
@@ -44,18 +31,28 @@ def assess(
     policy: Policy,
     method_error: str | None,
     peers: Sequence[PeerRule] = (),
+    *,
+    rules: Rules | None = None,
+    upgrade_error: str | None = None,
 ) -> Assessment:
     """The verdict for an admin, from the kernel's files, the daemon's report and the
-    distribution's own hotplug rules."""
-    result = _assess(state, daemon, policy, method_error)
+    distribution's own hotplug rules: crashhp.report's assessment, the daemon's too."""
+    result = report.assess(
+        state,
+        _protection(daemon),
+        policy=policy,
+        method_error=method_error,
+        running=daemon is not None,
+        rules=rules,
+        upgrade_error=upgrade_error,
+    )
     reloading = [p for p in peers if p.reloads]
     if result.code is not Exit.OK or not reloading:
         return result
     names = ", ".join(p.peer.rule for p in reloading)
-    kernel_keeps = all(state.verdict(s) is Verdict.KERNEL_UPDATES for s in Subsystem)
     if daemon is not None:
         why = "each hotplug event is reloaded twice, by crashhp and by " + names
-    elif kernel_keeps and not all(p.checks_crash_hotplug for p in reloading):
+    elif state.kernel_keeps_current and not all(p.checks_crash_hotplug for p in reloading):
         why = f"{names} still reloads on every hotplug event, leaving needless windows"
     else:
         return result
@@ -68,80 +65,22 @@ def assess(
     )
 
 
-def _assess(
-    state: KernelState,
-    daemon: Mapping[str, Any] | None,
-    policy: Policy,
-    method_error: str | None,
-) -> Assessment:
-    if state.crash_loaded is None:
-        return Assessment(
-            Exit.UNKNOWN,
-            "this kernel has no kexec support: no crash kernel can be loaded",
-            "boot a kernel built with CONFIG_KEXEC/CONFIG_KEXEC_FILE and crashkernel=",
-        )
-    protection = daemon.get("protection") if daemon else None
-    if protection == "unprotected" or (daemon and daemon.get("owed")):
-        return Assessment(
-            Exit.CRITICAL,
-            "UNPROTECTED: crashhp's reload left no crash kernel loaded",
-            "see `journalctl -u crashhp -p err`; crashhp retries with backoff",
-        )
-    if not state.crash_loaded:
-        return Assessment(
-            Exit.CRITICAL,
-            "no crash kernel is loaded: a crash now would not be dumped",
-            "start the distribution's kdump service (kdump.service or kdump-tools.service)",
-        )
-    stale = [s for s in Subsystem if state.verdict(s) is not Verdict.KERNEL_UPDATES]
-    if not stale:
-        return Assessment(
-            Exit.OK,
-            "safe: the kernel updates the crash kernel's elfcorehdr itself on CPU and memory "
-            "hotplug; no reload is ever needed",
-        )
-    names = " and ".join(s.value for s in stale)
-    unsupported = [s for s in stale if state.verdict(s) in (Verdict.ABSENT, Verdict.UNREADABLE)]
-    why = (
-        f"this kernel cannot update the crash header on {names} changes"
-        if unsupported
-        else f"crash kernel loaded with kexec_load without --hotplug: every {names} change "
-        "needs a reload"
-    )
-    if protection == "stale":
-        return Assessment(
-            Exit.WARNING,
-            f"STALE: {why}, and crashhp's last reload failed",
-            "see `journalctl -u crashhp -p err`",
-        )
-    running = daemon is not None
-    if running and policy is not Policy.NEVER and method_error is None:
-        advice = UPGRADE_ADVICE if not unsupported else ""
-        return Assessment(Exit.OK, f"safe: {why}; crashhp reloads it after each burst", advice)
-    if not running:
-        return Assessment(
-            Exit.WARNING,
-            f"at risk: {why}, and crashhp is not running",
-            "systemctl enable --now crashhp" + ("" if unsupported else f"; or {UPGRADE_ADVICE}"),
-        )
-    if policy is Policy.NEVER:
-        return Assessment(
-            Exit.WARNING, f"at risk: {why}, and policy = never", 'set policy = "auto"'
-        )
-    return Assessment(Exit.WARNING, f"at risk: {why}, and crashhp cannot reload: {method_error}")
+def _protection(daemon: Mapping[str, Any] | None) -> Protection | None:
+    if daemon is None:
+        return None
+    if daemon.get("owed"):
+        return Protection.UNPROTECTED
+    try:
+        return Protection(str(daemon.get("protection")))
+    except ValueError:
+        return None
 
 
 def read_daemon(state_dir: Path) -> dict[str, Any] | None:
-    """The running daemon's report, or None if none is running."""
-    try:
-        data = json.loads((state_dir / "state.json").read_text())
-        pid = int(data["pid"])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, KeyError, TypeError):
+    """The running daemon's report, or None if none is running (it holds its lock)."""
+    if not daemon_alive(state_dir):
         return None
-    if b"crashhp" not in cmdline:
-        return None
-    return data if isinstance(data, dict) else None
+    return persist.read_report(state_dir)
 
 
 def gather(
@@ -152,8 +91,18 @@ def gather(
     method_error: str | None,
     *,
     peers: Sequence[PeerRule] = (),
+    rules: Rules | None = None,
+    upgrade_error: str | None = None,
 ) -> dict[str, Any]:
-    result = assess(state, daemon, loaded.config.policy, method_error, peers)
+    result = assess(
+        state,
+        daemon,
+        loaded.config.policy,
+        method_error,
+        peers,
+        rules=rules,
+        upgrade_error=upgrade_error,
+    )
     return {
         "verdict": result.code.name,
         "exit_code": int(result.code),
@@ -165,6 +114,15 @@ def gather(
             "crash_hotplug": {s.value: state.verdict(s).value for s in Subsystem},
             "elfcorehdr_size": state.elfcorehdr_size,
             "crash_size": state.crash_size,
+            "kexec_layout": state.layout.value,
+            "fadump": None
+            if state.fadump is None
+            else {
+                "enabled": state.fadump.enabled,
+                "registered": state.fadump.registered,
+                "hotplug_ready": state.fadump.hotplug_ready,
+            },
+            "arch": None if rules is None else rules.arch.value,
         },
         "daemon": dict(daemon) if daemon else None,
         "peer_rules": [
@@ -181,6 +139,7 @@ def gather(
         ],
         "reload_method": method,
         "reload_method_error": method_error,
+        "upgrade_error": upgrade_error,
         "config": {
             "files": [str(f) for f in loaded.files],
             "values": {k: {"value": v, "from": src} for k, v, src in describe_sources(loaded)},
@@ -205,7 +164,8 @@ def render(report: Mapping[str, Any]) -> str:
         c = daemon.get("counters", {})
         daemon_line = (
             f"running (pid {daemon.get('pid')}): {daemon.get('status', '?')}; "
-            f"{c.get('bursts', 0)} bursts, {c.get('failures', 0)} failed reloads"
+            f"{sum(c.get('bursts', {}).values())} bursts, "
+            f"{c.get('failed_reloads', 0)} failed reloads"
         )
     else:
         daemon_line = "not running"
@@ -223,6 +183,7 @@ def render(report: Mapping[str, Any]) -> str:
         f"  kernel        {k['release']}",
         f"  crash kernel  {loaded}" + (f" ({', '.join(details)})" if details else ""),
         f"  crash_hotplug {hotplug}",
+        f"  kexec sysfs   {LAYOUT_WORDS.get(k.get('kexec_layout', ''), k.get('kexec_layout'))}",
         f"  crashhp       {daemon_line}",
         f"  reload        {method}",
         f"  policy        {values['policy']['value']}",

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import errno
 import re
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from crashhp.model import EVENT_ACTIONS, Subsystem
+from crashhp.model import EVENT_ACTIONS, Subsystem, Uevent
 
 _SYSNAME = {
     Subsystem.CPU: re.compile(r"cpu[0-9]{1,6}"),
     Subsystem.MEMORY: re.compile(r"memory[0-9]{1,9}"),
 }
-_VERDICT_PROPERTY = "CRASHHP_KERNEL_UPDATES"  # set by udev/70-crashhp.rules
 # libudev has read one message off the socket and refused to parse it (a SEQNUM beyond
 # 2**64 gives ERANGE, for example); the socket itself is fine. pyudev raises EINVAL as
 # ValueError and these as OSError.
@@ -26,13 +24,7 @@ _REJECTED_MESSAGE = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class Uevent:
-    action: str
-    subsystem: Subsystem
-    sys_name: str
-    seqnum: int
-    kernel_updates: str | None  # the rule's reading of crash_hotplug at event time
+__all__ = ["MonitorOverflow", "PyudevSource", "Uevent", "UeventSource", "classify"]
 
 
 class MonitorOverflow(Exception):
@@ -124,13 +116,14 @@ def _to_uevent(device: Any) -> Uevent | None:
             return None
         props = device.properties
         seqnum = props.get("SEQNUM", "0")
-        verdict = props.get(_VERDICT_PROPERTY)
         return Uevent(
             action=action,
             subsystem=subsystem,
             sys_name=device.sys_name,
             seqnum=int(seqnum) if seqnum.isdigit() else 0,
-            kernel_updates=verdict if verdict in {"0", "1"} else None,
+            # The kernel tags every uevent that `udevadm trigger` asks for (its
+            # kobject_synth_uevent) with SYNTH_UUID: a replay, not a change.
+            synthetic="SYNTH_UUID" in props,
         )
     except (ValueError, UnicodeError, KeyError, AttributeError):
         return None  # malformed message: ignore, never act on its contents

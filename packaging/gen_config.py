@@ -44,10 +44,11 @@ EXPLAIN: dict[str, str] = {
     "reload.backoff_initial_s": "Seconds before the first retry; doubles for each further one",
     "reload.backoff_max_s": "Upper bound of the retry delay, in seconds",
     "kexec.program": "kexec-tools binary, looked up in the sbin directories unless absolute",
-    "kexec.kernel": 'Crash kernel image; "" = /boot/vmlinuz-<running release>',
-    "kexec.initrd": '"" = the first kdump initrd of the usual distribution paths that exists',
+    "kexec.kernel": 'Crash kernel ("" = /boot/vmlinuz-<release>); all three "" = the distro\'s '
+    "recorded command",
+    "kexec.initrd": "Crash kernel initrd: required once kernel or cmdline is set (never guessed)",
     "kexec.cmdline": '"" = /proc/cmdline without crashkernel= and the like, plus append',
-    "kexec.append": "Added to the crash kernel's command line",
+    "kexec.append": "Added to the crash kernel's command line built from /proc/cmdline",
     "kexec.syscall": "auto = kexec -c --hotplug where allowed, else kexec -a; "
     "file = kexec -s; classic = kexec -c",
     "kexec.hotplug": "Pass --hotplug to kexec_load when both the kernel and kexec-tools allow it",

@@ -149,6 +149,7 @@ def test_malformed_and_truncated_messages(host: FakeHost) -> None:
 
 def test_lenient_headers_are_hints_at_most(host: FakeHost) -> None:
     daemon = start(host)
+    host.grow(("cpu", "memory"))  # a real change: the events are its hints
     send_all(daemon, list(LENIENT.values()))
     host.recorder.wait_calls(1)
     burst = daemon.logs.wait_for("burst", action="reload")
@@ -195,6 +196,7 @@ def test_odd_devpaths_never_reach_a_command_line(host: FakeHost) -> None:
 
 def test_line_breaks_are_cut_by_libudev(host: FakeHost) -> None:
     daemon = start(host)
+    host.grow(("cpu", "memory"))
     for key, value in CUT_AT_LINE_BREAK:
         fields = {key.decode(): value}
         if key == b"DEVPATH":
@@ -217,6 +219,7 @@ def test_hostile_values_in_an_otherwise_valid_event(host: FakeHost) -> None:
     """A real cpu1 add whose other properties are hostile: one hotplug event (a hint), the
     values go nowhere."""
     daemon = start(host)
+    host.grow(("cpu",))
     hostile = props(
         CRASHHP_KERNEL_UPDATES=b"1; reboot",
         DRIVER=b"\xff\xfe$(reboot)",

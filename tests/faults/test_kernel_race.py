@@ -93,7 +93,10 @@ def test_random_lock_contention_during_a_storm_no_reload(host: FakeHost) -> None
     # At least two decisions while events still came (a loaded machine sends fewer).
     during = [b for b in decided if b["_t"] < storm_end]
     assert len(during) >= 2, ("max_delay_ms did not force decisions during the storm", decided)
-    assert {b["decision"] for b in decided} == {"kernel_handles"}, decided
+    # A decision forced while the storm goes on may already see the next send's change
+    # (the fake host changes the topology before it sends): its burst is then unchanged.
+    assert "kernel_handles" in {b["decision"] for b in decided}, decided
+    assert {b["decision"] for b in decided} <= {"kernel_handles", "unchanged"}, decided
     assert host.recorder.count() == 0
 
 

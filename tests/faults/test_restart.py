@@ -29,6 +29,8 @@ from tests.support.nshost import REPO, Daemon, FakeHost, wait_until
 pytestmark = pytest.mark.faults
 
 UNIT = REPO / "systemd" / "crashhp.service"
+LEAST_PRIVILEGE = REPO / "systemd" / "crashhp.service.d" / "least-privilege.conf"
+NOTIFY_RELOAD_SINCE = 253  # systemd version
 
 
 def crash(host: FakeHost, daemon: Daemon) -> None:
@@ -168,6 +170,7 @@ def test_unit_never_runs_out_of_restarts() -> None:
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """The unit and its least-privilege drop-in, as this host's systemd reads them."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("no systemd-analyze")
@@ -175,8 +178,21 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     program = tmp_path / "crashhp"
     program.write_text("#!/bin/sh\nexit 0\n")
     program.chmod(0o755)
+    text = UNIT.read_text().replace("ExecStart=/usr/bin/crashhp", f"ExecStart={program}")
+    version = subprocess.run(
+        [analyze, "--version"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout.split()[1]
+    if int(version) < NOTIFY_RELOAD_SINCE:
+        # What the package build does for an older systemd (Debian 12 has 252).
+        assert "\nType=notify-reload\n" in text
+        text = text.replace(
+            "\nType=notify-reload\n", "\nType=notify\nExecReload=/bin/kill -HUP $MAINPID\n"
+        )
     unit = tmp_path / "crashhp.service"
-    unit.write_text(UNIT.read_text().replace("ExecStart=/usr/bin/crashhp", f"ExecStart={program}"))
+    unit.write_text(text)
+    dropins = tmp_path / "crashhp.service.d"  # verify reads drop-ins next to the unit file
+    dropins.mkdir()
+    shutil.copy(LEAST_PRIVILEGE, dropins / LEAST_PRIVILEGE.name)
     result = subprocess.run(
         [analyze, "verify", "--man=no", str(unit)],
         capture_output=True,

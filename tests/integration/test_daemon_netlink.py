@@ -209,13 +209,15 @@ def test_flood_overflows_the_buffer_daemon_survives_one_reload(host: FakeHost) -
     """25,000 events at full speed into a 64 KiB receive buffer: overflow, resync, 1 reload.
 
     The flood is cpu events only and the kernel handles cpu, so without the overflow there
-    would be nothing to do. But events were lost, and a lost memory event may have been among
-    them: level-triggered, the daemon must resync every subsystem and reload for memory.
+    would be nothing to do. But events were lost, and memory changed too (its events are
+    among the lost ones): level-triggered, the daemon resyncs every subsystem, finds the RAM
+    part of the topology moved, and reloads for memory.
     """
     host.sysfs.set(cpu_hotplug="1", memory_hotplug="0")
     daemon = host.start_daemon(
         {"coalesce": {"max_delay_ms": 10_000}, "events": {"receive_buffer_bytes": 65536}}
     )
+    host.grow(("memory",))
     report = daemon.sender.send_many(host.burst(25_000, subsystems=("cpu",), action="add"))
     daemon.logs.wait_for("monitor_overflow", timeout=5)
     daemon.logs.wait_for("reload_done", timeout=15)
@@ -400,6 +402,7 @@ def test_malformed_message_does_not_kill_the_daemon(host: FakeHost) -> None:
 def test_kernel_source(host: FakeHost) -> None:
     """``[events] source = "kernel"``: kernel-format uevents, injected through the kernel."""
     daemon = host.start_daemon({"events": {"source": "kernel"}})
+    host.grow(("memory",))
     for n in range(20):
         daemon.sender.inject_kernel(hotplug_event("memory", "online", n, 1, tags=()))
     host.recorder.wait_calls(1)
@@ -426,3 +429,20 @@ def test_state_file_is_written_in_the_namespace(host: FakeHost) -> None:
         return isinstance(state, dict) and '"reloads": 1' in json.dumps(state)
 
     wait_until(reloads_recorded, 3, f"{path} to record the reload")
+
+
+def test_new_kexec_sysfs_layout_alone(host: FakeHost) -> None:
+    """A kernel with only /sys/kernel/kexec/ (the old names removed after 2028): crashhp
+    works fully, and says which layout it found (issue 12, item 2)."""
+    host.sysfs.new_layout_only()
+    daemon = host.start_daemon()
+    ready = daemon.logs.wait_for("daemon_ready")
+    assert ready["kexec_layout"] == "kexec-dir"
+    assert ready["crash_loaded"] is True
+    daemon.send_burst(10)
+    daemon.logs.wait_for("reload_done", timeout=10)
+    assert (host.sysfs.kernel / "kexec" / "crash_loaded").read_text().strip() == "1"
+    assert not (host.sysfs.kernel / "kexec_crash_loaded").exists()
+    data = json.loads((host.run / "crashhp" / "state.json").read_text())
+    assert (data["layout"], data["protection"]) == ("kexec-dir", "protected")
+    assert host.recorder.image() == host.topology()

@@ -258,6 +258,8 @@ class ReloadRecorder:
         hang: bool = False,
         leave_unloaded: bool = False,
         ebusy_lock: Path | None = None,
+        fail_before_unload: bool = False,
+        hotplug_after: bool = False,
     ) -> None:
         knobs = {
             "duration_ms": duration_ms,
@@ -265,6 +267,8 @@ class ReloadRecorder:
             "hang": hang,
             "leave_unloaded": leave_unloaded,
             "ebusy_lock": str(ebusy_lock) if ebusy_lock is not None else None,
+            "fail_before_unload": fail_before_unload,
+            "hotplug_after": hotplug_after,
         }
         tmp = self.state / "knobs.tmp"
         tmp.write_text(json.dumps(knobs))
@@ -407,7 +411,7 @@ class FakeSysfs:
         for path, value in (
             (self.cpu / "crash_hotplug", cpu_hotplug),
             (self.memory / "crash_hotplug", memory_hotplug),
-            (self.kernel / "kexec_crash_loaded", loaded),
+            (self._loaded_path, loaded),
         ):
             if value is False:
                 continue
@@ -423,8 +427,26 @@ class FakeSysfs:
         tmp.write_text(value.rstrip("\n") + "\n")
         tmp.replace(path)
 
+    @property
+    def _loaded_path(self) -> Path:
+        new = self.kernel / "kexec" / "crash_loaded"
+        return new if new.exists() else self.kernel / "kexec_crash_loaded"
+
     def loaded(self) -> str:
-        return (self.kernel / "kexec_crash_loaded").read_text().strip()
+        return self._loaded_path.read_text().strip()
+
+    def new_layout_only(self) -> None:
+        """The kexec files of Linux 6.19 and later under /sys/kernel/kexec/, and none of the
+        old names (obsolete, "removed after 2028")."""
+        kexec = self.kernel / "kexec"
+        kexec.mkdir(exist_ok=True)
+        for old, new in (
+            ("kexec_crash_loaded", "crash_loaded"),
+            ("kexec_crash_size", "crash_size"),
+            ("crash_elfcorehdr_size", "crash_elfcorehdr_size"),
+        ):
+            (self.kernel / old).replace(kexec / new)
+        (kexec / "loaded").write_text("0\n")
 
 
 class NsProcess:
@@ -525,10 +547,19 @@ class Daemon(NsProcess):
             raise WaitTimeout(f"{e}\n--- daemon stderr ---\n{self.logs.text()}") from None
 
     def send_burst(
-        self, count: int, *, subsystems: Sequence[str] = ("memory",), action: str = "online"
+        self,
+        count: int,
+        *,
+        subsystems: Sequence[str] = ("memory",),
+        action: str = "online",
+        change: bool = True,
+        synthetic: bool = False,
     ) -> float:
-        """Send ``count`` events as fast as possible; returns the monotonic time of the last."""
-        payloads = self.host.burst(count, subsystems=subsystems, action=action)
+        """Send ``count`` events as fast as possible; returns the monotonic time of the last.
+        ``change`` and ``synthetic``: as for :meth:`FakeHost.burst`."""
+        payloads = self.host.burst(
+            count, subsystems=subsystems, action=action, change=change, synthetic=synthetic
+        )
         report = self.sender.send_many(payloads)
         self.host.last_send_rate = report.rate
         return time.monotonic()
@@ -598,6 +629,20 @@ class FakeHost:
 
     BLOCK_BYTES = 0x8000000  # FakeSysfs's block_size_bytes: 128 MiB
 
+    def load_by_hand(self) -> None:
+        """Someone else (the distribution's tool, an admin) loads a crash kernel now: it
+        describes the topology of now."""
+        image = self.recorder.state / "image.json"
+        image.write_text(json.dumps(self.topology(), sort_keys=True))
+        self.sysfs.set(loaded="1")
+
+    def grow(self, subsystems: Sequence[str]) -> None:
+        """A real hotplug change in the fake kernel: one more memory block, one more CPU."""
+        self.set_topology(
+            cpus=self.cpus + 1 if "cpu" in subsystems else None,
+            memory_blocks=self.memory_blocks + 1 if "memory" in subsystems else None,
+        )
+
     def set_topology(self, *, cpus: int | None = None, memory_blocks: int | None = None) -> None:
         """Hot-plug in the fake kernel: cpus 0..N-1 present and online, N memory blocks online.
 
@@ -605,12 +650,14 @@ class FakeHost:
         1 MiB on, one line per four blocks (as the kernel merges adjacent ranges, roughly).
         """
         if cpus is not None:
+            self.cpus = cpus
             span = f"0-{cpus - 1}" if cpus > 1 else "0"
             for name in ("present", "online"):
                 self.sysfs.write(self.sysfs.cpu / name, span)
             for n in range(cpus):
                 (self.sysfs.cpu / f"cpu{n}").mkdir(exist_ok=True)
         if memory_blocks is not None:
+            self.memory_blocks = memory_blocks
             lines = ["00000000-00000fff : Reserved", "00001000-0009fbff : System RAM"]
             start = 0x100000
             for first in range(0, memory_blocks, 4):
@@ -661,12 +708,34 @@ class FakeHost:
         return self._seqnum
 
     def burst(
-        self, count: int, *, subsystems: Sequence[str] = ("memory",), action: str = "online"
+        self,
+        count: int,
+        *,
+        subsystems: Sequence[str] = ("memory",),
+        action: str = "online",
+        change: bool = True,
+        synthetic: bool = False,
     ) -> list[bytes]:
-        """Pre-built udev messages for ``count`` events cycling over ``subsystems``."""
+        """Pre-built udev messages for ``count`` events cycling over ``subsystems``.
+
+        ``change``: first change the fake topology as such a burst does (one more memory
+        block, one more CPU), so that the burst is a real hotplug: crashhp compares the
+        topology with what the loaded crash kernel describes, and a burst that changed
+        nothing (``change=False``: a `udevadm trigger` replay, an offline-online rollback)
+        needs no reload. ``synthetic``: with SYNTH_UUID, as `udevadm trigger` makes the
+        kernel send.
+        """
+        if change:
+            self.grow(subsystems)
         return [
             udev_message(
-                hotplug_event(subsystems[i % len(subsystems)], action, i, self.next_seqnum())
+                hotplug_event(
+                    subsystems[i % len(subsystems)],
+                    action,
+                    i,
+                    self.next_seqnum(),
+                    synthetic=synthetic,
+                )
             )
             for i in range(count)
         ]

@@ -5,9 +5,11 @@ The daemon under test runs it as ``[python, reload_recorder.py, STATE_DIR]`` (me
 
 1. takes a non-blocking exclusive lock on ``STATE_DIR/running.lock``: if another call holds it,
    this call overlaps a running one and says so in its record (crashhp must never run two);
-2. appends a ``start`` record (JSON line) to ``STATE_DIR/calls.jsonl`` with its pid, process
+2. reads the topology the "loaded image" will describe, as kexec-tools reads /proc/iomem
+   and the CPUs before it loads (and the kernel builds a file load's header at its start);
+3. appends a ``start`` record (JSON line) to ``STATE_DIR/calls.jsonl`` with its pid, process
    group, monotonic time and whether it overlapped;
-3. writes 0 to ``SYSFS/kernel/kexec_crash_loaded`` (a real reload unloads first), then follows
+4. writes 0 to ``SYSFS/kernel/kexec_crash_loaded`` (a real reload unloads first), then follows
    the knobs in ``STATE_DIR/knobs.json``, read fresh at every call:
 
    - ``duration_ms``: how long the "load" takes (default 0);
@@ -19,10 +21,12 @@ The daemon under test runs it as ``[python, reload_recorder.py, STATE_DIR]`` (me
    - ``ebusy_lock``: a path; while another process holds an flock on it (a concurrent kexec
      holding the kernel's kexec lock), fail as kexec-tools does on EBUSY: the message
      ``kexec_file_load failed: Device or resource busy`` and exit 255, nothing loaded;
-4. otherwise writes 1 to ``kexec_crash_loaded``, records the topology the "loaded image"
-   describes (what kexec reads to build the elfcorehdr: the "System RAM" lines of
-   ``/proc/iomem`` and the cpu ``present``/``online`` masks) in ``STATE_DIR/image.json`` and
-   in its ``end`` record.
+   - ``fail_before_unload``: fail (exit 1) before step 4: the old image stays loaded;
+   - ``hotplug_after``: a hotplug-capable load (``kexec -s``, ``kexec --hotplug``, trixie's
+     kdump-config): both ``crash_hotplug`` files read 1 afterwards;
+5. otherwise writes 1 to ``kexec_crash_loaded`` and records the topology read in step 3 (the
+   "System RAM" lines of ``/proc/iomem`` and the cpu ``present``/``online`` masks) in
+   ``STATE_DIR/image.json`` and in its ``end`` record.
 
 Standard library only; monotonic times are comparable with the test's (same clock, same boot).
 """
@@ -100,7 +104,9 @@ def _topology(sysfs: Path) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     state = Path(argv[0])
     sysfs = Path(argv[1]) if len(argv) > 1 else Path("/sys")
-    loaded = sysfs / "kernel" / "kexec_crash_loaded"
+    loaded = sysfs / "kernel" / "kexec" / "crash_loaded"  # Linux 6.19 and later
+    if not loaded.exists():
+        loaded = sysfs / "kernel" / "kexec_crash_loaded"
     calls = state / "calls.jsonl"
     knobs_path = state / "knobs.json"
     knobs: dict[str, Any] = json.loads(knobs_path.read_text()) if knobs_path.exists() else {}
@@ -112,8 +118,15 @@ def main(argv: list[str]) -> int:
     except BlockingIOError:
         overlap = True
     base = {"pid": os.getpid(), "pgid": os.getpgid(0), "argv": argv}
+    # What this load will describe: read before it loads, and before the start record, so
+    # that a test that waits for the start record changes the topology after the read.
+    image = _topology(sysfs)
     _append(calls, {**base, "phase": "start", "t": time.monotonic(), "overlap": overlap})
 
+    if knobs.get("fail_before_unload") and _take_failure(state):
+        _append(calls, {**base, "phase": "end", "t": time.monotonic(), "rc": 1})
+        print("reload_recorder: simulated failure before the unload", file=sys.stderr)
+        return 1
     loaded.write_text("0\n")
     if knobs.get("hang"):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
@@ -134,11 +147,13 @@ def main(argv: list[str]) -> int:
         return 1
     end: dict[str, Any] = {**base, "phase": "end", "rc": 0}
     if not knobs.get("leave_unloaded"):
-        image = _topology(sysfs)
         tmp = state / "image.tmp"
         tmp.write_text(json.dumps(image, sort_keys=True))
         tmp.replace(state / "image.json")
         loaded.write_text("1\n")
+        if knobs.get("hotplug_after"):
+            for sub in ("cpu", "memory"):
+                (sysfs / "devices/system" / sub / "crash_hotplug").write_text("1\n")
         end["image"] = image
     _append(calls, {**end, "t": time.monotonic()})
     return 0

@@ -148,17 +148,21 @@ def hotplug_event(
     kernel_updates: str | None = None,
     tags: Sequence[str] = DEFAULT_TAGS,
     extra: Mapping[str, str] | None = None,
+    synthetic: bool = False,
 ) -> Uevent:
     """A cpuN or memoryN event as crashhp's udev rule would leave it.
 
     ``kernel_updates`` is the value of ``crash_hotplug`` the rule recorded at event time
-    (``CRASHHP_KERNEL_UPDATES``); None leaves the property out.
+    (``CRASHHP_KERNEL_UPDATES``); None leaves the property out. ``synthetic``: the
+    SYNTH_UUID the kernel adds to the events `udevadm trigger` asks for.
     """
     if subsystem not in ("cpu", "memory"):
         raise ValueError(f"not a hotplug subsystem: {subsystem!r}")
     pairs = dict(extra or {})
     if kernel_updates is not None:
         pairs[PROPERTY_KERNEL_UPDATES] = kernel_updates
+    if synthetic:
+        pairs["SYNTH_UUID"] = "0"
     return Uevent(
         action=action,
         devpath=f"/devices/system/{subsystem}/{subsystem}{index}",

@@ -203,6 +203,8 @@ class Assets:
     rootfs_cpio: Path
     acpi_cpio: Path | None
     manifest: dict[str, object]
+    # Appended after the rootfs: another kernel's /boot files (tests.system.flavours).
+    kernel_cpio: Path | None = None
 
     def describe(self) -> str:
         parts = [
@@ -453,6 +455,193 @@ def ensure(*, acpi_fix: bool = True) -> Assets:
     assets = Assets(kver, vmlinuz, rootfs_cpio, acpi_cpio, manifest)
     log(f"ready in {time.monotonic() - start:.0f} s under {root}: {assets.describe()}")
     return assets
+
+
+# ---- extra guest tools, outside the rootfs (issue 10) --------------------------------------------
+
+# strace makes a reload slow at the right moment (the dump test's race); libunwind8 is its only
+# library the minbase rootfs lacks. Kept out of GUEST_PACKAGES so the rootfs key stays the same.
+TOOL_PACKAGES = ("strace", "libunwind8")
+TOOLS_RECIPE_VERSION = 1
+
+
+def ensure_tools(packages: tuple[str, ...] = TOOL_PACKAGES) -> Path:
+    """The files of `packages` (trixie .debs, extracted) in a cached tree, keyed on their
+    versions; a guest gets them with `tests.system.dump.install_tree`."""
+    root = cache_root()
+    with locked(root):
+        apt = Apt(root / "apt", host_mirror())
+        if not apt.has_lists():
+            apt.update()
+        versions = apt.versions(list(packages))
+        out = root / f"tools-{_key(versions, TOOLS_RECIPE_VERSION)}"
+        if (out / "done").exists():
+            return out / "tree"
+        tmp = root / "tmp-tools"
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "out" / "tree").mkdir(parents=True)
+        for package in packages:
+            deb = apt.download(package, tmp / "deb")
+            run(["dpkg-deb", "-x", str(deb), str(tmp / "out" / "tree")], TIMEOUT_APT_S)
+        for rel in TRIMMED:
+            shutil.rmtree(tmp / "out" / "tree" / rel, ignore_errors=True)
+        (tmp / "out" / "done").write_text(json.dumps(versions, sort_keys=True) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        (tmp / "out").rename(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"guest tools {', '.join(f'{k} {v}' for k, v in sorted(versions.items()))}")
+        return out / "tree"
+
+
+# ---- a disk image for the distribution's own dump path (issue 10) --------------------------------
+
+# On top of the rootfs: what kdump-tools needs to build its kdump initrd in the guest
+# (initramfs-tools, the kernel's modules from its package) and what the boot initrd needs to
+# mount an ext4 root on virtio (e2fsprogs for fsck), and makedumpfile (kdump-tools only
+# recommends it: without it, it copies /proc/vmcore whole). The rootfs cpio stays as it is.
+DISK_PACKAGES = ("initramfs-tools", "e2fsprogs", "zstd", "makedumpfile")
+DISK_RECIPE_VERSION = 1
+DISK_SIZE = "4G"
+DISK_FSTAB = "/dev/vda / ext4 defaults,errors=remount-ro 0 1\n"
+KDUMP_KERNEL_HOOK = "etc/kernel/postinst.d/kdump-tools"
+TIMEOUT_DPKG_S = 1200
+
+
+@dataclass(frozen=True)
+class Disk:
+    """An ext4 image of the rootfs plus DISK_PACKAGES and the kernel package, with the boot
+    initrd initramfs-tools built for it (root=/dev/vda)."""
+
+    image: Path
+    initrd: Path
+    kver: str
+
+
+def _apt_install_args(apt: Apt, status: Path, archives: Path) -> list[str]:
+    return [
+        "apt-get",
+        *[o for o in apt.options if not o.startswith("-oDir::State::status=")],
+        f"-oDir::State::status={status}",
+        f"-oDir::Cache::archives={archives}",
+        "-oDir::Etc::preferences=/dev/null",
+        "-oDir::Etc::preferencesparts=-",
+        "--no-install-recommends",
+        "--yes",
+        "-qq",
+    ]
+
+
+def _chroot_dpkg(tree: Path, debs: list[Path]) -> None:
+    inside = [f"/tmp/crashhp-debs/{d.name}" for d in debs]
+    run(
+        [
+            "chroot",
+            str(tree),
+            "/usr/bin/env",
+            "-i",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            "DEBIAN_FRONTEND=noninteractive",
+            "dpkg",
+            "-i",
+            *inside,
+        ],
+        TIMEOUT_DPKG_S,
+    )
+
+
+def ensure_disk(assets: Assets) -> Disk:
+    """Build or reuse the disk image: keyed on the rootfs's manifest and the recipe above."""
+    root = cache_root()
+    with locked(root):
+        versions = assets.manifest.get("versions", {})
+        kernel = next(
+            (
+                str(p)
+                for p in (versions if isinstance(versions, dict) else {})
+                if p.startswith("linux-image")
+            ),
+            None,
+        )
+        if kernel is None:
+            raise RuntimeError("the rootfs manifest names no kernel package")
+        out = root / f"disk-{_key(assets.manifest, DISK_PACKAGES, DISK_SIZE, DISK_RECIPE_VERSION)}"
+        disk = Disk(out / "disk.img", out / "initrd.img", assets.kver)
+        if (out / "done").exists():
+            return disk
+        start = time.monotonic()
+        tmp = root / "tmp-disk"
+        if tmp.exists():
+            run(["rm", "-rf", "--one-file-system", str(tmp)], 600)
+        tree = tmp / "root"
+        tree.mkdir(parents=True)
+        log(f"disk image: unpacking the rootfs, installing {', '.join(DISK_PACKAGES)} and {kernel}")
+        with assets.rootfs_cpio.open("rb") as src:
+            proc = subprocess.run(
+                ["cpio", "-idm", "--quiet"],
+                stdin=src,
+                cwd=tree,
+                capture_output=True,
+                timeout=TIMEOUT_CPIO_S,
+                check=False,
+            )
+        if proc.returncode != 0:
+            raise RuntimeError(f"cpio -i failed: {proc.stderr.decode()[-2000:]}")
+        apt = Apt(root / "apt", host_mirror())
+        if not apt.has_lists():
+            apt.update()
+        archives = tmp / "debs"
+        (archives / "partial").mkdir(parents=True)
+        run(
+            [
+                *_apt_install_args(apt, tree / "var/lib/dpkg/status", archives),
+                "install",
+                "--download-only",
+                *DISK_PACKAGES,
+                kernel,
+            ],
+            TIMEOUT_APT_S,
+        )
+        debs = sorted(archives.glob("*.deb"))
+        inside = tree / "tmp/crashhp-debs"
+        inside.mkdir(parents=True)
+        for deb in debs:
+            shutil.copy2(deb, inside / deb.name)
+        # kdump-tools' kernel hook would build its initrd here, in a chroot, from the host's
+        # modules (MODULES=dep): leave that to kdump-config in the guest, as on a real machine.
+        hook = tree / KDUMP_KERNEL_HOOK
+        hook.chmod(0o644)
+        # Twice: the first pass leaves out what pre-depends on a package it installs.
+        with contextlib.suppress(RuntimeError):
+            _chroot_dpkg(tree, debs)
+        _chroot_dpkg(tree, debs)
+        hook.chmod(0o755)
+        shutil.rmtree(inside)
+        (tree / "etc/fstab").write_text(DISK_FSTAB)
+        (tree / "init").unlink(missing_ok=True)
+        (tree / "var/crash").mkdir(exist_ok=True)
+        (tmp / "out").mkdir()
+        shutil.copy2(tree / f"boot/initrd.img-{assets.kver}", tmp / "out" / "initrd.img")
+        run(
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "crashhp-root",
+                "-d",
+                str(tree),
+                str(tmp / "out" / "disk.img"),
+                DISK_SIZE,
+            ],
+            TIMEOUT_CPIO_S,
+        )
+        (tmp / "out" / "done").write_text(" ".join(d.name for d in debs) + "\n")
+        run(["rm", "-rf", "--one-file-system", str(tree)], 600)
+        shutil.rmtree(out, ignore_errors=True)
+        (tmp / "out").rename(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"disk image built in {time.monotonic() - start:.0f} s: {out}")
+        return disk
 
 
 def main() -> int:

@@ -6,11 +6,13 @@ At most one guest runs at a time: asking for the other one shuts the current one
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from tests.system import assets as assets_mod
+from tests.system import flavours
 from tests.system.measure import Row, table
 from tests.system.scenarios import Guest
 from tests.system.vm import Vm
@@ -18,6 +20,11 @@ from tests.system.vm import Vm
 _ROWS: list[Row] = []
 _TIMINGS: list[str] = []
 _SUMMARY: list[str] = []
+
+
+def _present(a: assets_mod.Assets) -> bool:
+    files = (a.vmlinuz, a.rootfs_cpio, a.acpi_cpio, a.kernel_cpio)
+    return all(f.exists() for f in files if f is not None)
 
 
 class GuestPool:
@@ -30,22 +37,44 @@ class GuestPool:
         guest_class: type[Guest] = Guest,
     ) -> None:
         self.assets = assets
-        self.vm_class = vm_class  # another architecture's guest (tests/system/test_ppc64.py)
+        # Another architecture's guest (tests/system/test_ppc64.py) on its own assets: it has
+        # the default flavour only.
+        self.vm_class = vm_class
         self.guest_class = guest_class
+        self._flavours = {flavours.DEFAULT: assets}
         self.vm: Vm | None = None
         self.guest: Guest | None = None
         self.kind = ""
 
-    def get(self, kind: str, *, fresh_cpus: bool = False) -> Guest:
+    def get(
+        self, kind: str, *, fresh_cpus: bool = False, flavour: flavours.Flavour = flavours.DEFAULT
+    ) -> Guest:
+        """The guest `kind` (one kind per flavour), booted if it is not the current one."""
         stale = self.vm is not None and fresh_cpus and self.vm.cpu_removed
         if self.guest is None or self.kind != kind or stale:
             self.close()
-            self.vm = self.vm_class(self.assets, name=kind)
+            self.vm = self.vm_class(self.assets_for(flavour), name=kind)
             self.vm.__enter__()
-            _TIMINGS.append(f"VM {kind}: booted in {self.vm.boot_s:.1f} s (logs in {self.vm.dir})")
+            _TIMINGS.append(
+                f"VM {kind}: booted in {self.vm.boot_s:.1f} s after waiting "
+                f"{self.vm.lock_wait_s:.0f} s for other guests (logs in {self.vm.dir})"
+            )
             self.guest = self.guest_class(self.vm)
             self.kind = kind
         return self.guest
+
+    def assets_for(self, flavour: flavours.Flavour) -> assets_mod.Assets:
+        known = self._flavours.get(flavour)
+        # Another checkout's run can prune a build this session still holds (the shared
+        # cache keeps one ACPI override per QEMU setup): then build or find it again.
+        if known is None or not _present(known):
+            if self.vm_class is not Vm:
+                raise RuntimeError(f"{self.vm_class.__name__} has no {flavour.name} assets")
+            started = time.monotonic()
+            known = self._flavours[flavour] = flavours.ensure(flavour)
+            took = time.monotonic() - started
+            _TIMINGS.append(f"assets {flavour.name}: built or reused in {took:.0f} s")
+        return known
 
     def close(self) -> None:
         if self.vm is not None:

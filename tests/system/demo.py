@@ -3,7 +3,10 @@
 Builds or reuses the cached guest (first run: a kernel download and a debootstrap, a few
 minutes; later runs: seconds), boots it, runs scenario A (the kernel keeps the crash kernel
 current: crashhp does nothing) and scenario B (it cannot: crashhp reloads once for the whole
-burst), prints the measurements and shuts the guest down.
+burst), prints the measurements, then crashes the guest and checks the dump its crash kernel
+sees. A second guest does the same burst with the peer as Debian ships it (kdump-tools' udev
+rules, stock udevd) over the same kind of crash kernel (kexec_load), and crashes too: the two
+dumps side by side are what crashhp is for.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 
-from tests.system import assets
+from tests.system import assets, dump
 from tests.system.measure import Row, table
 from tests.system.scenarios import Guest, Outcome
 from tests.system.vm import Vm, VmError
@@ -43,9 +46,10 @@ def main() -> int:
     rows: list[Row] = []
     try:
         say("booting Debian trixie's 6.12 kernel in QEMU (TCG, 2 CPUs, 2 GiB, up to 12 CPUs)")
-        with Vm(a, name="demo") as vm:
+        with Vm(a, name="demo", no_reboot=True) as vm:
             say(f"guest up in {vm.boot_s:.1f} s; crashhp runs from this working tree")
             g = Guest(vm, say)
+            dump.install_dumpcheck_initrd(vm)
 
             say("A: load the crash kernel with kexec_file_load (kexec -s -p)")
             g.fresh_crashhp("file")
@@ -70,15 +74,81 @@ def main() -> int:
             say(f"crashhp status (exit {status.rc}):")
             for line in status.stdout.splitlines():
                 print(f"    {line}")
-            say("shutting the guest down")
+            with_crashhp = _crash(vm)
+        peer_row, without = _peer(a)
+        rows.append(peer_row)
     except VmError as exc:
         print(f"demo: the guest failed: {exc}", file=sys.stderr)
         return 1
     print()
     print(table(rows))
-    ok = rows[0].reloads == 0 and rows[1].reloads == 1 and rows[1].metrics.loaded_at_end
+    print()
+    print(
+        dump.table(
+            [
+                (
+                    "B (crashhp)",
+                    rows[1].load,
+                    str(rows[1].reloads),
+                    f"{rows[1].metrics.unloaded_ms:.0f}",
+                    with_crashhp,
+                ),
+                (
+                    "peer as shipped",
+                    peer_row.load,
+                    str(peer_row.reloads),
+                    f"{peer_row.metrics.unloaded_ms:.0f}",
+                    without,
+                ),
+            ]
+        )
+    )
+    say(
+        f"without crashhp the dump {without.missing_text()}; "
+        f"with crashhp it {with_crashhp.missing_text()}"
+    )
+    ok = (
+        rows[0].reloads == 0
+        and rows[1].reloads == 1
+        and bool(rows[1].metrics.loaded_at_end)
+        and with_crashhp.complete
+        and not without.complete
+    )
     say("done: " + ("as expected" if ok else "NOT as expected, see above"))
     return 0 if ok else 1
+
+
+def _crash(vm: Vm) -> dump.DumpReport:
+    say("crash (echo c > /proc/sysrq-trigger): the crash kernel boots, reads /proc/vmcore ...")
+    report = dump.crash_and_check(vm)
+    say(f"  the dump: {report.describe()}")
+    return report
+
+
+def _peer(a: assets.Assets) -> tuple[Row, dump.DumpReport]:
+    say("the peer: a second guest, kdump-tools as Debian ships it (its udev rules, stock udevd)")
+    with Vm(a, name="demo-peer", no_reboot=True) as vm:
+        g = Guest(vm, say)
+        dump.install_dumpcheck_initrd(vm)
+        g.crashhp_stop()
+        g.seed_kdump_tools("-c")
+        g.kdump_config_load()
+        g.peer_rules_on()
+        cpu, mem = g.crash_hotplug()
+        say(f"  kdump-config load with KDUMP_KEXEC_ARGS=-c (kexec_load): crash_hotplug {cpu}/{mem}")
+        say("  the same burst; kdump-tools runs kdump-config try-reload for every uevent ...")
+        out = g.measure(
+            "peer",
+            "+2 CPUs, online, +1 GiB",
+            "peer",
+            g.add_cpus_and_dimm,
+            reloads_from="kdump-config",
+        )
+        failed = sum(1 for e in out.journal if e.get("MESSAGE") == "failed to unload kdump kernel")
+        say(f"  kdump-config try-reload ran {out.row.reloads} times, {failed} failed")
+        _report(out)
+        report = _crash(vm)
+    return out.row, report
 
 
 if __name__ == "__main__":

@@ -14,13 +14,10 @@ hardware: same agent, recorder, overlay and machine-wide QEMU lock.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
-import struct
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,11 +189,11 @@ class PpcVm(Vm):
 
     qemu = QEMU
     boot_timeout_s = BOOT_TIMEOUT_S
-    # The x86 suites release the lock between their guests for a fraction of a second.
-    lock_poll_s = 0.05
 
-    def __init__(self, assets: Assets, name: str = "ppc64", cmdline: str = CMDLINE) -> None:
-        super().__init__(assets, name=name, cmdline=cmdline, acpi_fix=False)
+    def __init__(
+        self, assets: Assets, name: str = "ppc64", cmdline: str = CMDLINE, no_reboot: bool = False
+    ) -> None:
+        super().__init__(assets, name=name, cmdline=cmdline, acpi_fix=False, no_reboot=no_reboot)
 
     def hardware_args(self) -> list[str]:
         return [
@@ -296,115 +293,6 @@ def compress(sequence: list[str]) -> str:
         else:
             runs.append((kind, 1))
     return ", ".join(f"{kind} x{n}" if n > 1 else kind for kind, n in runs)
-
-
-# ---- the dump check: crash the guest, let the crash kernel describe /proc/vmcore ---------------
-
-DUMP_DIR = "/run/crashhp-test/dump-initrd"
-DUMP_INITRD = "/run/crashhp-test/dump-initrd.img"
-DUMP_BEGIN = "crashhp-dump-begin"
-DUMP_END = "crashhp-dump-end"
-DUMP_HEAD_BYTES = 65536
-# The crash kernel's /init: report /proc/vmcore's ELF headers and notes on hvc0, power off.
-DUMP_INIT = f"""#!/bin/sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc
-echo "crashhp-dump: crash kernel up, $(grep -c ^processor /proc/cpuinfo) cpu(s)"
-if [ -e /proc/vmcore ]; then
-    echo "crashhp-dump: vmcore $(stat -c %s /proc/vmcore) bytes"
-    echo {DUMP_BEGIN}
-    dd if=/proc/vmcore bs={DUMP_HEAD_BYTES} count=1 2>/dev/null | base64
-    echo {DUMP_END}
-else
-    echo "crashhp-dump: no /proc/vmcore"
-    echo {DUMP_END}
-fi
-poweroff -f
-"""
-PT_LOAD = 1
-PT_NOTE = 4
-NT_PRSTATUS = 1
-
-
-@dataclass(frozen=True)
-class VmcoreHead:
-    loads: list[tuple[int, int]]  # (physical address, size) per PT_LOAD
-    prstatus: int  # NT_PRSTATUS notes named CORE with a non-empty descriptor
-
-    @property
-    def load_bytes(self) -> int:
-        return sum(size for _, size in self.loads)
-
-
-def parse_vmcore_head(data: bytes) -> VmcoreHead:
-    """The PT_LOADs and the NT_PRSTATUS count of an ELF64 little-endian core's first bytes."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise ValueError(f"not an ELF64 little-endian core: {data[:8]!r}")
-    (phoff,) = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    loads: list[tuple[int, int]] = []
-    prstatus = 0
-    for i in range(phnum):
-        p_type, _, p_offset, _, p_paddr, p_filesz, p_memsz, _ = struct.unpack_from(
-            "<IIQQQQQQ", data, phoff + i * phentsize
-        )
-        if p_type == PT_LOAD:
-            loads.append((p_paddr, p_memsz))
-        elif p_type == PT_NOTE:
-            if p_offset + p_filesz > len(data):
-                raise ValueError(f"the notes end at {p_offset + p_filesz}, past {len(data)} bytes")
-            prstatus += _count_prstatus(data[p_offset : p_offset + p_filesz])
-    return VmcoreHead(loads, prstatus)
-
-
-def _count_prstatus(notes: bytes) -> int:
-    count, pos = 0, 0
-    while pos + 12 <= len(notes):
-        namesz, descsz, n_type = struct.unpack_from("<III", notes, pos)
-        if namesz == 0 and descsz == 0:
-            break
-        name = notes[pos + 12 : pos + 12 + namesz].rstrip(b"\0")
-        pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
-        if name == b"CORE" and n_type == NT_PRSTATUS and descsz > 0:
-            count += 1
-    return count
-
-
-def vmcore_from_console(text: str) -> VmcoreHead | None:
-    """The crash kernel's report on the console: None if it said there was no /proc/vmcore."""
-    if DUMP_BEGIN not in text:
-        return None
-    body = text.split(DUMP_BEGIN, 1)[1].split(DUMP_END, 1)[0]
-    return parse_vmcore_head(base64.b64decode("".join(body.split())))
-
-
-def install_dump_initrd(g: Guest) -> None:
-    """A busybox initramfs for the crash kernel, packed in the guest (busybox's cpio)."""
-    g.sh(f"rm -rf {DUMP_DIR} && mkdir -p {DUMP_DIR}/bin {DUMP_DIR}/proc {DUMP_DIR}/dev")
-    g.sh(f"cp /usr/bin/busybox {DUMP_DIR}/bin/busybox && ln -s busybox {DUMP_DIR}/bin/sh")
-    g.vm.agent.write_file(f"{DUMP_DIR}/init", DUMP_INIT, 0o755)
-    g.sh(f"cd {DUMP_DIR} && find . | busybox cpio -o -H newc >{DUMP_INITRD}")
-
-
-def crash_and_read_vmcore(g: Guest, timeout: float = 900.0) -> tuple[VmcoreHead | None, str]:
-    """Panic the guest (sysrq c); wait for the crash kernel's report. Returns it and the
-    console text after the panic. The guest is gone afterwards."""
-    vm = g.vm
-    before = len(vm.serial_log.read_bytes())
-    g.sh(
-        "systemd-run --no-block --unit=crashhp-test-crash /bin/sh -c "
-        "'sleep 2; echo c >/proc/sysrq-trigger'"
-    )
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
-        text = vm.serial_log.read_bytes()[before:].decode(errors="replace")
-        if DUMP_END in text:
-            return vmcore_from_console(text), text
-        if vm.proc is not None and vm.proc.poll() is not None:
-            break
-        time.sleep(1)
-    raise VmError(f"no report from the crash kernel within {timeout} s:\n{text[-3000:]}")
 
 
 def _main() -> int:

@@ -70,8 +70,13 @@ retries = 2
 backoff_initial_s = 1.0
 """
 PEER_RULES = "/usr/lib/udev/rules.d/50-kdump-tools.rules"
+UDEVD_DROPIN = "/etc/systemd/system/systemd-udevd.service.d/50-system-test-no-filter.conf"
 PEER_RULES_PARKED = "/opt/crashhp-test/peer/50-kdump-tools.rules"
+KDUMP_DEFAULTS = "/etc/default/kdump-tools"
+UDEVD_DROPIN = "/etc/systemd/system/systemd-udevd.service.d/50-system-test-no-filter.conf"
 SETTLE_QUIET_S = 3.0
+STATE_JSON = "/run/crashhp/state.json"
+RELOAD_EVENTS = ("reload_started", "reload_done", "reload_failed")
 
 Say = Callable[[str], None]
 
@@ -90,6 +95,7 @@ class Outcome:
     status: dict[str, Any] | None = None
     status_rc: int | None = None
     reload_log: list[str] = field(default_factory=list)
+    peer_failed: int = 0  # kdump-config's failed unloads (the peer's scenarios)
 
     @property
     def metrics(self) -> Metrics:
@@ -107,6 +113,9 @@ class Guest:
         self.say = say
         self.kver = self.sh("uname -r").strip()
         self._next_dimm = 1
+        # "offline" on 6.1 even with memhp_default_state= on the command line: hot-added
+        # memory stays offline until someone writes its state (as a distribution's rule would).
+        self.auto_online = self.sh("cat /sys/devices/system/memory/auto_online_blocks").strip()
         self.sh(f"mkdir -p /run/crashhp-test /etc/crashhp && : >>{RELOAD_LOG}")
         script = reload_script(self.image, self.crash_append)
         self.vm.agent.write_file(RELOAD_SCRIPT_PATH, script, 0o755)
@@ -125,8 +134,11 @@ class Guest:
         return self.vm.agent.sh(script, timeout).check().stdout
 
     def crash_hotplug(self) -> tuple[str, str]:
+        """The cpu and memory crash_hotplug files; "-" where the kernel has none (before 6.6)."""
         out = self.sh(
-            "cat /sys/devices/system/cpu/crash_hotplug /sys/devices/system/memory/crash_hotplug"
+            "for f in /sys/devices/system/cpu/crash_hotplug "
+            "/sys/devices/system/memory/crash_hotplug; "
+            'do if [ -e "$f" ]; then cat "$f"; else echo -; fi; done'
         ).split()
         return out[0], out[1]
 
@@ -156,6 +168,33 @@ class Guest:
         if not self.crash_loaded():
             raise VmError(f"{' '.join(argv)} succeeded but kexec_crash_loaded is 0")
 
+    # -- the peer: Debian's kdump-tools ------------------------------------------------------
+    def seed_kdump_tools(self, kexec_args: str | None = None) -> None:
+        """What kdump-config needs to load CRASH_INITRD here (VM-NOTES trap 5: without a
+        matching sysctl stamp it deletes its initrd), and its kexec arguments: None leaves
+        them as Debian ships them (plain `kexec -p`: a file load with kexec-tools 2.0.29)."""
+        k = self.kver
+        self.sh(
+            "mkdir -p /var/lib/kdump /etc/kdump /var/crash && touch /etc/kdump/sysctl.conf && "
+            f"cp {CRASH_INITRD} /var/lib/kdump/initrd.img-{k} && "
+            f"cp /etc/kdump/sysctl.conf /var/lib/kdump/latest_sysctls-{k}"
+        )
+        if kexec_args is not None:
+            self.sh(f"echo 'KDUMP_KEXEC_ARGS=\"{kexec_args}\"' >>{KDUMP_DEFAULTS}")
+
+    def kdump_config_load(self) -> None:
+        self.unload()
+        self.vm.agent.run(["kdump-config", "load"], 180).check()
+        if not self.crash_loaded():
+            raise VmError("kdump-config load succeeded but kexec_crash_loaded is 0")
+
+    def peer_rules_on(self, *, lifted: bool = False) -> None:
+        """kdump-tools' udev rules active; `lifted`: udevd without its system call filter."""
+        if lifted:
+            self.vm.agent.write_file(UDEVD_DROPIN, "[Service]\nSystemCallFilter=\n")
+            self.sh("systemctl daemon-reload && systemctl restart systemd-udevd", 120)
+        self.sh(f"cp {PEER_RULES_PARKED} {PEER_RULES} && udevadm control --reload")
+
     # -- crashhp ---------------------------------------------------------------------------
     def crashhp_stop(self) -> None:
         self.vm.agent.run(["systemctl", "stop", "crashhp.service"], 60).check()
@@ -172,6 +211,20 @@ class Guest:
         self.crashhp_stop()
         self.sh("rm -f /run/crashhp/state.json")
         self.load(mode)
+        self.crashhp_start()
+        self.settle(quiet_s=1.0)
+
+    def upgrade_then_start(self) -> None:
+        """`crashhp upgrade` with crashhp stopped and its state forgotten, then start it: the
+        loaded crash kernel must be hotplug-capable afterwards."""
+        self.crashhp_stop()
+        self.sh("rm -f /run/crashhp/state.json")
+        up = self.vm.agent.run(["crashhp", "upgrade"], 300)
+        if up.rc != 0 or self.crash_hotplug() != ("1", "1"):
+            raise VmError(
+                f"crashhp upgrade: exit {up.rc}, crash_hotplug {self.crash_hotplug()}"
+                f"\n{up.stdout}\n{up.stderr}"
+            )
         self.crashhp_start()
         self.settle(quiet_s=1.0)
 
@@ -212,12 +265,32 @@ class Guest:
         for n in indices:
             self.vm.set_online(f"/sys/devices/system/cpu/cpu{n}/online", True)
         if dimm:
+            before = self.memory_blocks()
             self.vm.dimm_add(self.new_dimm())
+            if self.auto_online == "offline":
+                self.online_new_memory(before, blocks=8)
         return indices
 
+    def memory_blocks(self) -> set[str]:
+        return set(self.sh("ls /sys/devices/system/memory | grep '^memory[0-9]'").split())
+
+    def online_new_memory(self, before: set[str], blocks: int, timeout: float = 60.0) -> None:
+        """Online the blocks of a hot-added DIMM the kernel left offline, into ZONE_MOVABLE."""
+        deadline = time.monotonic() + timeout
+        while len(new := self.memory_blocks() - before) < blocks:
+            if time.monotonic() > deadline:
+                raise VmError(f"only {len(new)} of {blocks} new memory blocks in {timeout} s")
+            time.sleep(0.1)
+        for block in sorted(new, key=lambda b: int(b.removeprefix("memory"))):
+            path = f"/sys/devices/system/memory/{block}/state"
+            if self.vm.agent.read_text(path).strip() == "offline":
+                self.vm.agent.write_file(path, "online_movable")
+
     def settle(self, quiet_s: float = SETTLE_QUIET_S, timeout: float = 180.0) -> None:
-        """Wait until udev is idle, no reload runs, and neither the recorder nor crashhp's
-        journal saw anything for quiet_s (crashhp's retries are seconds apart)."""
+        """Wait until udev is idle, neither the recorder nor crashhp's journal saw anything for
+        quiet_s (crashhp's retries are seconds apart), the test's reload command is not
+        running, and crashhp itself says no reload of its own is under way or owed a retry:
+        a silent method (kdump-config's unload-then-load) can be quiet for seconds mid-way."""
         deadline = time.monotonic() + timeout
         self.vm.agent.run(["udevadm", "settle", f"--timeout={int(timeout)}"], timeout + 5)
         while True:
@@ -227,11 +300,56 @@ class Guest:
             last = max(last, self._last_journal_ns())
             starts = sum(1 for line in self.reload_log() if line.startswith("start"))
             dones = sum(1 for line in self.reload_log() if line.startswith("done"))
+            busy = None
             if now - last >= quiet_s * 1e9 and starts == dones:
-                return
+                busy = self.crashhp_reloading()
+                if busy is None:
+                    return
             if time.monotonic() > deadline:
-                raise VmError(f"guest did not settle within {timeout} s")
+                raise VmError(f"guest did not settle within {timeout} s ({busy or 'not quiet'})")
             time.sleep(0.5)
+
+    def crashhp_reloading(self) -> str | None:
+        """Why crashhp is not done with a reload, in its own words (state.json, and the last
+        of its reload_started / reload_done / reload_failed in the journal); None if done or
+        not running."""
+        shown = self.vm.agent.run(
+            ["systemctl", "show", "-p", "ActiveState", "-p", "MainPID", "crashhp.service"], 30
+        ).stdout
+        props = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        pid = props.get("MainPID", "0")
+        if props.get("ActiveState") not in ("active", "reloading") or pid == "0":
+            return None
+        try:
+            state = json.loads(self.vm.agent.read_text(STATE_JSON))
+        except (VmError, ValueError):
+            state = None
+        if isinstance(state, dict) and str(state.get("pid")) == pid and state.get("reloading"):
+            return "crashhp's state.json says reloading"
+        out = self.vm.agent.run(
+            [
+                "journalctl",
+                "-u",
+                "crashhp.service",
+                f"_PID={pid}",
+                *(f"CRASHHP_EVENT={e}" for e in RELOAD_EVENTS),
+                "-n",
+                "1",
+                "-o",
+                "json",
+                "--no-pager",
+            ],
+            30,
+        ).stdout
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if not lines:
+            return None
+        entry = json.loads(lines[-1])
+        if entry.get("CRASHHP_EVENT") == "reload_started":
+            return f"crashhp logged reload_started ({entry.get('METHOD')}) and no end yet"
+        if entry.get("CRASHHP_EVENT") == "reload_failed" and entry.get("RETRY_IN_S"):
+            return f"crashhp retries a failed reload in {entry['RETRY_IN_S']} s"
+        return None
 
     def _last_journal_ns(self) -> int:
         out = self.vm.agent.run(
@@ -277,6 +395,48 @@ class Guest:
         events.pop("None", None)
         row = Row(scenario, what, LOAD_LABEL[load], "/".join(ch), reloads, metrics)
         return Outcome(row, events, journal, reload_log=new_log)
+
+    # -- the peer: Debian's kdump-tools ----------------------------------------------------------
+    def peer_burst(self, scenario: str, what: str, *, udevd_filter: bool) -> Outcome:
+        """Debian's kdump-tools with its udev rules, crashhp stopped, through one burst.
+
+        Its rules run `kdump-config try-reload` per cpu/memory event; `udevd_filter` False
+        lifts udevd's system call filter (a drop-in), which refuses kexec to the rules'
+        programs on trixie. The row's reloads are the unloads kdump-config logged, a note
+        says how many failed.
+        """
+        self.crashhp_stop()
+        self.unload()
+        k = self.kver
+        self.sh(
+            "mkdir -p /var/lib/kdump /etc/kdump && touch /etc/kdump/sysctl.conf && "
+            f"cp {CRASH_INITRD} /var/lib/kdump/initrd.img-{k} && "
+            # VM-NOTES trap 5: without a matching sysctl stamp kdump-config deletes its initrd.
+            f"cp /etc/kdump/sysctl.conf /var/lib/kdump/latest_sysctls-{k}"
+        )
+        loaded = self.vm.agent.run(["kdump-config", "load"], 120)
+        if loaded.rc != 0 or not self.crash_loaded():
+            raise VmError(f"kdump-config load: {loaded}")
+        if not udevd_filter:
+            self.vm.agent.write_file(UDEVD_DROPIN, "[Service]\nSystemCallFilter=\n")
+            self.sh("systemctl daemon-reload && systemctl restart systemd-udevd")
+        self.sh(f"cp {PEER_RULES_PARKED} {PEER_RULES} && udevadm control --reload")
+        try:
+            out = self.measure(
+                scenario, what, "peer", self.add_cpus_and_dimm, reloads_from="kdump-config"
+            )
+        finally:
+            self.sh(f"rm -f {PEER_RULES} {UDEVD_DROPIN} && udevadm control --reload")
+            if not udevd_filter:
+                self.sh("systemctl daemon-reload && systemctl restart systemd-udevd")
+        failed = sum(1 for e in out.journal if e.get("MESSAGE") == "failed to unload kdump kernel")
+        where = "stock udevd" if udevd_filter else "udevd with SystemCallFilter= lifted"
+        out.row.notes.append(
+            f"kdump-config try-reload per event ({where}): {out.row.reloads} reloads, "
+            f"{failed} failed"
+        )
+        out.peer_failed = failed
+        return out
 
 
 # Helpers for tests that read crashhp's journal in the guest.

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
-from tests.system import acpi
+from tests.system import acpi, flavours, vm
 from tests.system.cpio import CpioWriter
 from tests.system.measure import Row, analyse, table
 
@@ -133,3 +134,56 @@ def test_table_lists_every_row() -> None:
     assert "A " in text
     assert "kexec -s -p" in text
     assert "a note" in text
+
+
+def _module(root: Path, rel: str, depends: str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # What a .ko's .modinfo section holds: NUL-separated key=value strings.
+    path.write_bytes(b"\x7fELF...\0license=GPL\0depends=" + depends.encode() + b"\0name=x\0")
+
+
+def test_modules_closure_follows_depends(tmp_path: Path) -> None:
+    _module(tmp_path, "kernel/drivers/virtio/virtio_pci.ko", "virtio,virtio_ring,virtio_pci_x")
+    _module(tmp_path, "kernel/drivers/virtio/virtio_pci-x.ko", "virtio")
+    _module(tmp_path, "kernel/drivers/virtio/virtio.ko", "")
+    _module(tmp_path, "kernel/drivers/virtio/virtio_ring.ko", "virtio")
+    _module(tmp_path, "kernel/drivers/char/virtio_console.ko", "virtio,virtio_ring")
+    _module(tmp_path, "kernel/drivers/net/virtio_net.ko", "virtio")
+    assert flavours._modules_closure(tmp_path, ("virtio_console", "virtio_pci")) == [
+        "kernel/drivers/char/virtio_console.ko",
+        "kernel/drivers/virtio/virtio.ko",
+        "kernel/drivers/virtio/virtio_pci-x.ko",
+        "kernel/drivers/virtio/virtio_pci.ko",
+        "kernel/drivers/virtio/virtio_ring.ko",
+    ]
+
+
+def test_modules_closure_refuses_a_missing_module(tmp_path: Path) -> None:
+    _module(tmp_path, "kernel/drivers/char/virtio_console.ko", "virtio")
+    with pytest.raises(RuntimeError, match="module virtio not in"):
+        flavours._modules_closure(tmp_path, ("virtio_console",))
+
+
+def test_matrix_covers_every_kernel_with_both_bursts_in_ci() -> None:
+    from tests.system.test_matrix import MATRIX
+
+    assert set(MATRIX) == set(flavours.FLAVOURS)
+    for kernel, steps in MATRIX.items():
+        ci = [s.name for s in steps if not s.full]
+        assert {"kexec_load_burst", "nothing_loaded"} <= set(ci), kernel
+        bursts = sum(
+            s.name in ("kexec_load_burst", "nothing_loaded") or "peer" in s.name for s in steps
+        )
+        assert bursts <= 4, f"{kernel}: more bursts than one boot's four DIMM slots"
+
+
+def test_guest_units_follow_the_guests_systemd() -> None:
+    """Bookworm's systemd 252 has no Type=notify-reload: its guest gets the unit the bookworm
+    package ships (notify + ExecReload), trixie's the unit as written."""
+    old = vm.overlay_cpio(vm.SYSTEMD_BY_SUITE["bookworm"])
+    new = vm.overlay_cpio(vm.SYSTEMD_BY_SUITE["trixie"])
+    assert b"\nType=notify\n" in old
+    assert b"\nExecReload=/bin/kill -HUP $MAINPID\n" in old
+    assert b"\nType=notify-reload\n" not in old
+    assert b"\nType=notify-reload\n" in new

@@ -1,9 +1,10 @@
 """Issue 4 on the real 6.12 kernel: hotplug-capable loads, `crashhp upgrade`, the daemon's
 kexec.upgrade path, and the window without a crash kernel that a reload leaves.
 
-One guest of its own ("upgrade"): test (a) adds 4 CPUs and 2 DIMMs, the others only cycle
-cpu1 offline and online. Each test prepares what it depends on (crash kernel, crashhp's
-state, its config drop-in) so that the order does not matter.
+One guest of its own ("upgrade"): test (a) adds 4 CPUs and 2 DIMMs, (c) and (d) one CPU
+each per change (4 more): a CPU offline+online leaves the topology the loaded image describes,
+which needs no reload at all (decision `unchanged`). Each test prepares what it depends on
+(crash kernel, crashhp's state, its config drop-in) so that the order does not matter.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from tests.system.scenarios import (
     CRASH_APPEND,
     CRASH_INITRD,
     Guest,
-    cpu_cycle,
     crashhp_journal,
     event_counts,
     named_events,
@@ -69,6 +69,11 @@ def upgrade_guest(pool: GuestPool) -> Iterator[Guest]:
     g.vm.agent.write_file(WRAPPER, WRAPPER_SCRIPT, 0o755)
     yield g
     g.sh(f"rm -f {DROPIN} {WRAPPER_MODE}")
+
+
+def add_cpu(g: Guest) -> None:
+    """A change the loaded image does not describe: a hot-added CPU, onlined."""
+    g.add_cpus_and_dimm(cpus=1, dimm=False)
 
 
 # ---- helpers ---------------------------------------------------------------------------------
@@ -232,7 +237,7 @@ def test_c_kexec_classic_reload_is_kernel_managed(upgrade_guest: Guest, rows: li
     g.fresh_crashhp("classic")
     assert g.crash_hotplug() == ("0", "0")
     t0 = g.vm.agent.ping()
-    out = g.measure("U3", "CPU offline+online", "classic", lambda: cpu_cycle(g))
+    out = g.measure("U3", "+1 CPU, online", "classic", lambda: add_cpu(g))
     journal = crashhp_journal(g, t0)
     started = named_events(journal, "reload_started")
     assert len(started) == 1, event_counts(journal)
@@ -255,7 +260,7 @@ def test_c_kexec_classic_reload_is_kernel_managed(upgrade_guest: Guest, rows: li
 
     # The image it loaded is kept current by the kernel: the next change needs no reload.
     t1 = g.vm.agent.ping()
-    nxt = g.measure("U4", "CPU offline+online", "hotplug", lambda: cpu_cycle(g))
+    nxt = g.measure("U4", "+1 CPU, online", "hotplug", lambda: add_cpu(g))
     journal = crashhp_journal(g, t1)
     assert not named_events(journal, "reload_started"), event_counts(journal)
     assert named_events(journal, "kernel_handles"), event_counts(journal)
@@ -291,7 +296,7 @@ def test_d_daemon_upgrades_once_at_start(upgrade_guest: Guest) -> None:
     t1 = g.vm.agent.ping()
     g.vm.agent.run(["systemctl", "restart", "crashhp.service"], 90).check()
     g.settle(quiet_s=1.0)
-    cpu_cycle(g)
+    add_cpu(g)
     g.settle()
     counts = event_counts(crashhp_journal(g, t1))
     assert counts["upgrade_scheduled"] == 0, counts
@@ -328,7 +333,7 @@ def test_d_daemon_upgrade_failure_falls_back_and_is_not_retried(upgrade_guest: G
     hotplug_calls = sum("--hotplug" in c.split() for c in _wrapper_calls(g))
     assert hotplug_calls == 1
     t1 = g.vm.agent.ping()
-    cpu_cycle(g)
+    add_cpu(g)
     g.settle()
     journal = crashhp_journal(g, t1)
     assert [e["PURPOSE"] for e in named_events(journal, "reload_started")] == ["reload"], journal

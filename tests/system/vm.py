@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import importlib.util
 import json
+import os
 import select
 import shutil
 import socket
@@ -27,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from tests.system.assets import Assets, cache_root
+from tests.system.assets import Assets, Disk, cache_root
 from tests.system.cpio import CpioWriter
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,6 +45,7 @@ CMDLINE = (
     "systemd.show_status=false"
 )
 AGENT_PORT = "org.crashhp.agent"
+GUEST_PYTHONPATH = "/opt/crashhp:/opt/crashhp-deps"
 EVENTS = "/run/crashhp-test/events.jsonl"
 BOOT_TIMEOUT_S = 240.0
 QEMU_LOCK_TIMEOUT_S = 3600.0
@@ -104,7 +107,22 @@ def _unit(description: str, exec_start: str, extra: str = "") -> bytes:
     ).encode()
 
 
-def overlay_cpio() -> bytes:
+# The guest userland's systemd: the unit in systemd/ is written for the newest and turned into
+# one the older understands as the packages do (packaging/unitfile.py: no notify-reload on 252).
+SYSTEMD_BY_SUITE = {"bookworm": 252, "trixie": 257}
+
+
+def _unit_for(text: str, systemd_version: int) -> str:
+    spec = importlib.util.spec_from_file_location("unitfile", REPO / "packaging" / "unitfile.py")
+    assert spec is not None
+    assert spec.loader is not None
+    unitfile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(unitfile)
+    converted: str = unitfile.for_systemd(text, systemd_version)
+    return converted
+
+
+def overlay_cpio(systemd_version: int = SYSTEMD_BY_SUITE["trixie"]) -> bytes:
     """The per-boot archive: crashhp from the working tree, its unit and rules, the agent."""
     w = CpioWriter()
     package = REPO / "crashhp"
@@ -118,14 +136,16 @@ def overlay_cpio() -> bytes:
     )
     w.file(
         "usr/local/bin/crashhp",
-        f'#!/bin/sh\nPYTHONPATH=/opt/crashhp exec /usr/bin/python3 {entry} "$@"\n'.encode(),
+        # /opt/crashhp-deps: pinned wheels where the distribution's are too old (bookworm).
+        f'#!/bin/sh\nPYTHONPATH={GUEST_PYTHONPATH} exec /usr/bin/python3 {entry} "$@"\n'.encode(),
         0o755,
     )
     for alias in ("usr/bin/crashhp", "usr/sbin/crashhp"):
         w.symlink(alias, "/usr/local/bin/crashhp")
     for unit in sorted((REPO / "systemd").glob("*")):
         if unit.is_file():
-            w.file(f"etc/systemd/system/{unit.name}", unit.read_bytes())
+            unit_text = _unit_for(unit.read_text(), systemd_version)
+            w.file(f"etc/systemd/system/{unit.name}", unit_text.encode())
     for rules in sorted((REPO / "udev").glob("*.rules")):
         w.file(f"etc/udev/rules.d/{rules.name}", rules.read_bytes())
     w.file("opt/crashhp-test/agent.py", (GUEST_DIR / "agent.py").read_bytes())
@@ -144,6 +164,55 @@ def overlay_cpio() -> bytes:
         w.file(f"etc/systemd/system/{name}", text)
         w.symlink(f"etc/systemd/system/multi-user.target.wants/{name}", f"../{name}")
     return w.getvalue()
+
+
+def _copy_disk(src: Path, dest: Path) -> None:
+    subprocess.run(
+        ["cp", "--sparse=always", "--reflink=auto", str(src), str(dest)],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+
+
+def write_into_image(image: Path, archive: bytes) -> None:
+    """Put the files of a newc cpio into an ext4 image with debugfs (no mount, no root fs
+    privileges): what `overlay_cpio` adds to an initramfs boot, for a disk boot."""
+    with tempfile.TemporaryDirectory(prefix="crashhp-overlay-") as tmp:
+        root = Path(tmp)
+        subprocess.run(
+            ["cpio", "-idm", "--quiet"],
+            input=archive,
+            cwd=root,
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
+        paths = sorted(root.rglob("*"), key=lambda p: (len(p.parts), str(p)))
+        cmds: list[str] = []
+        for path in paths:
+            dest = "/" + str(path.relative_to(root))
+            if path.is_symlink():
+                cmds += [f'rm "{dest}"', f'symlink "{dest}" "{os.readlink(path)}"']
+            elif path.is_dir():
+                cmds.append(f'mkdir "{dest}"')
+            else:
+                mode = 0o100000 | (path.stat().st_mode & 0o7777)
+                cmds += [f'rm "{dest}"', f'write "{path}" "{dest}"', f'sif "{dest}" mode 0{mode:o}']
+        script = root.parent / f"{root.name}.debugfs"
+        script.write_text("\n".join(cmds) + "\n")
+        try:
+            proc = subprocess.run(
+                ["debugfs", "-w", "-f", str(script), str(image)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+        finally:
+            script.unlink()
+        if proc.returncode != 0:
+            raise VmError(f"debugfs -w {image} failed: {proc.stderr[-2000:]}")
 
 
 class _Lines:
@@ -279,6 +348,11 @@ class Agent:
                 raise VmError(f"agent {op} {args}: {reply['error']}")
             return reply
 
+    def fire(self, op: str, **args: Any) -> None:
+        """Send a request and do not wait for its answer (one that ends the guest)."""
+        self._id += 1
+        self.io.send({"id": self._id, "op": op, **args})
+
     def wait_ready(self, deadline: float) -> None:
         while True:
             try:
@@ -323,7 +397,6 @@ class Vm:
     # The machine: a subclass for another architecture overrides these (tests/system/ppc64.py).
     qemu = QEMU
     boot_timeout_s = BOOT_TIMEOUT_S
-    lock_poll_s = 1.0
 
     def hardware_args(self) -> list[str]:
         return hardware_args()
@@ -334,17 +407,24 @@ class Vm:
         name: str = "guest",
         cmdline: str = CMDLINE,
         acpi_fix: bool = True,
+        no_reboot: bool = False,
+        disk: Disk | None = None,
     ) -> None:
         self.assets = assets
         self.name = name
         self.cmdline = cmdline
         self.acpi_fix = acpi_fix and assets.acpi_cpio is not None
+        # QEMU exits where the guest would reboot: a crash with no crash kernel ends the VM.
+        self.no_reboot = no_reboot
+        # Boot from an ext4 disk image (a copy per boot) instead of the rootfs initramfs.
+        self.disk = disk
         self.dir = Path(tempfile.mkdtemp(prefix=f"crashhp-vm-{name}-"))
         self.serial_log = self.dir / "serial.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._qmp: Qmp | None = None
         self._agent: Agent | None = None
         self.boot_s = 0.0
+        self.lock_wait_s = 0.0  # waited for another user's guest before booting
         self.cpus_plugged: set[int] = set()
         self.cpu_removed = False
         self.dimms: set[int] = set()
@@ -382,23 +462,42 @@ class Vm:
                 if not told:
                     print(f"vm[{self.name}]: waiting for another guest to finish ({path})")
                     told = True
-                time.sleep(self.lock_poll_s)
+                # Often: a test run that boots guest after guest frees the lock for
+                # milliseconds only between them.
+                time.sleep(0.02)
             else:
                 return
+
+    def _systemd_version(self) -> int:
+        suite = str(self.assets.manifest.get("suite", "trixie"))
+        return SYSTEMD_BY_SUITE.get(suite, SYSTEMD_BY_SUITE["trixie"])
 
     def start(self) -> None:
         if shutil.which(self.qemu) is None:
             raise VmError(f"{self.qemu} not found: install it (make setup)")
+        waiting = time.monotonic()
         self._take_qemu_lock()
+        self.lock_wait_s = time.monotonic() - waiting
         started = time.monotonic()
         initrd = self.dir / "initrd.cpio"
         with initrd.open("wb") as out:
             if self.acpi_fix:
                 assert self.assets.acpi_cpio is not None
                 out.write(self.assets.acpi_cpio.read_bytes())
-            with self.assets.rootfs_cpio.open("rb") as src:
-                shutil.copyfileobj(src, out, 4 << 20)
-            out.write(overlay_cpio())
+            if self.disk is not None:
+                out.write(self.disk.initrd.read_bytes())
+            else:
+                with self.assets.rootfs_cpio.open("rb") as src:
+                    shutil.copyfileobj(src, out, 4 << 20)
+                if self.assets.kernel_cpio is not None:
+                    out.write(self.assets.kernel_cpio.read_bytes())
+                out.write(overlay_cpio(self._systemd_version()))
+        drive: list[str] = []
+        if self.disk is not None:
+            image = self.dir / "disk.img"
+            _copy_disk(self.disk.image, image)
+            write_into_image(image, overlay_cpio(self._systemd_version()))
+            drive = ["-drive", f"file={image},if=virtio,format=raw"]
         argv = [
             self.qemu,
             *self.hardware_args(),
@@ -418,6 +517,8 @@ class Vm:
             str(initrd),
             "-append",
             self.cmdline,
+            *(["-no-reboot"] if self.no_reboot else []),
+            *drive,
         ]
         self.proc = subprocess.Popen(
             argv,

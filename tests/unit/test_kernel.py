@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from crashhp import kernel
-from crashhp.model import Subsystem, Verdict
+from crashhp.arch import Arch
+from crashhp.model import Layout, Subsystem, Verdict
 
 
 def fake_sysfs(root: Path, *, cpu: str | None, mem: str | None, loaded: str | None) -> Path:
@@ -79,5 +80,62 @@ def test_topology_changes_with_cpus_and_ram(tmp_path: Path) -> None:
         "100000000-13fffffff : System RAM\n"
     )
     assert kernel.topology(sysfs, proc) == second  # only System RAM counts
-    (sysfs / "devices/system/cpu/online").write_text("0-2\n")
-    assert kernel.topology(sysfs, proc) != second
+    # x86: kexec-tools writes a note per present CPU: online/offline changes nothing.
+    (sysfs / "devices/system/cpu/online").write_text("0\n")
+    assert kernel.topology(sysfs, proc, Arch.X86_64) == second
+    # ppc64: the crash kernel's device tree lists online CPUs (hot-add is `online`).
+    ppc = kernel.topology(sysfs, proc, Arch.PPC64)
+    assert ppc != kernel.topology(sysfs, proc, Arch.X86_64)
+    (sysfs / "devices/system/cpu/online").write_text("0-1\n")
+    assert kernel.topology(sysfs, proc, Arch.PPC64) != ppc
+    (sysfs / "devices/system/cpu/present").write_text("0-2\n")
+    assert kernel.topology(sysfs, proc, Arch.X86_64) != second
+
+
+def test_the_new_kexec_directory_alone(tmp_path: Path) -> None:
+    """A kernel with only /sys/kernel/kexec/ (the old names removed after 2028)."""
+    fake_sysfs(tmp_path, cpu="0\n", mem="0\n", loaded=None)
+    kexec = tmp_path / "kernel/kexec"
+    kexec.mkdir()
+    (kexec / "crash_loaded").write_text("1\n")
+    (kexec / "crash_size").write_text("268435456\n")
+    (kexec / "crash_elfcorehdr_size").write_text("4096\n")
+    state = kernel.read_state(tmp_path)
+    assert (state.layout, state.crash_loaded) == (Layout.KEXEC_DIR, True)
+    assert (state.crash_size, state.elfcorehdr_size) == (268435456, 4096)
+    (kexec / "crash_loaded").write_text("0\n")
+    assert kernel.read_crash_loaded(tmp_path) is False
+
+
+def test_the_new_directory_is_preferred(tmp_path: Path) -> None:
+    """On 7.3 the old names are symlinks into kexec/; were they to disagree, kexec/ wins."""
+    fake_sysfs(tmp_path, cpu="1\n", mem="1\n", loaded="0\n")
+    kexec = tmp_path / "kernel/kexec"
+    kexec.mkdir()
+    (kexec / "crash_loaded").write_text("1\n")
+    assert kernel.read_state(tmp_path).layout is Layout.KEXEC_DIR
+    assert kernel.read_crash_loaded(tmp_path) is True
+    (kexec / "crash_loaded").unlink()
+    (kexec / "crash_loaded").symlink_to(tmp_path / "kernel/kexec_crash_loaded")
+    assert kernel.read_crash_loaded(tmp_path) is False
+
+
+def test_the_old_files_alone(tmp_path: Path) -> None:
+    fake_sysfs(tmp_path, cpu="1\n", mem="1\n", loaded="1\n")
+    assert kernel.read_state(tmp_path).layout is Layout.LEGACY
+    assert kernel.layout(tmp_path / "nothing") is Layout.NONE
+
+
+def test_fadump(tmp_path: Path) -> None:
+    fake_sysfs(tmp_path, cpu="0\n", mem="0\n", loaded="0\n")
+    assert kernel.read_fadump(tmp_path) is None
+    fadump = tmp_path / "kernel/fadump"
+    fadump.mkdir()
+    for name, value in (("enabled", "1"), ("registered", "1"), ("hotplug_ready", "0")):
+        (fadump / name).write_text(value + "\n")
+    state = kernel.read_state(tmp_path)
+    assert state.crash_loaded is False
+    assert state.fadump is not None
+    assert state.fadump.protects
+    assert state.protected  # kexec_crash_loaded 0, and yet a crash would be dumped
+    assert not state.fadump.hotplug_ready

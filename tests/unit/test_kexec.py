@@ -49,7 +49,7 @@ def argv(caps: Capabilities, syscall: KexecSyscall, hotplug: bool = True) -> lis
 
 
 def test_classic_gets_hotplug_only_when_kernel_and_tools_allow_it() -> None:
-    tail = ["--initrd=/boot/initrd", "--append=console=ttyS0", "/boot/vmlinuz"]
+    tail = ["--append=console=ttyS0", "--initrd=/boot/initrd", "/boot/vmlinuz"]
     assert argv(ALL, KexecSyscall.CLASSIC) == ["/sbin/kexec", "-p", "-c", "--hotplug", *tail]
     assert argv(ALL, KexecSyscall.CLASSIC, hotplug=False) == ["/sbin/kexec", "-p", "-c", *tail]
     assert "--hotplug" not in argv(OLD_TOOLS, KexecSyscall.CLASSIC)  # kexec would reject it
@@ -142,8 +142,8 @@ def test_reload_plan_for_method_kexec(tmp_path: Path) -> None:
             "-p",
             "-c",
             "--hotplug",
-            f"--initrd={tmp_path / 'initrd'}",
             "--append=root=/dev/vda console=ttyS0 irqpoll nr_cpus=1 reset_devices",
+            f"--initrd={tmp_path / 'initrd'}",
             str(tmp_path / "vmlinuz"),
         ),
     )
@@ -210,3 +210,18 @@ def test_auto_upgrade_uses_kexec_load_with_hotplug(tmp_path: Path) -> None:
     (sysfs / "kernel/security/lockdown").write_text("none [integrity] confidentiality\n")
     locked = reload.upgrade_plan(config_for(tmp_path, program), sysfs=sysfs, procfs=procfs)
     assert locked.steps[0][1:3] == ("-p", "-s")
+
+
+def test_hotplug_only_with_the_old_size_file(tmp_path: Path) -> None:
+    """kexec-tools 2.0.32 reads only /sys/kernel/crash_elfcorehdr_size for --hotplug and
+    aborts the load without it: a kernel with only /sys/kernel/kexec/ gets no --hotplug."""
+    program = fake_kexec(tmp_path, HELP_2_0_29)
+    sysfs, _ = fake_tree(tmp_path, elfcorehdr=False)
+    (sysfs / "kernel/kexec").mkdir()
+    (sysfs / "kernel/kexec/crash_elfcorehdr_size").write_text("917616\n")
+    caps = kexec.detect(config_for(tmp_path, program).kexec, sysfs)
+    assert not caps.classic_hotplug
+    (sysfs / "kernel/crash_elfcorehdr_size").symlink_to(
+        sysfs / "kernel/kexec/crash_elfcorehdr_size"
+    )
+    assert kexec.detect(config_for(tmp_path, program).kexec, sysfs).classic_hotplug  # 7.3

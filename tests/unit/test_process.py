@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -87,3 +88,50 @@ def test_no_shell_and_no_systemd_environment(monkeypatch: pytest.MonkeyPatch) ->
         [sys.executable, "-c", "import sys; print(sys.argv[1])", "$(id); rm -rf /"], 10
     )
     assert echo.output == "$(id); rm -rf /"
+
+
+def test_9_pidfd_failure_after_popen_leaves_no_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pidfd_open fails (EMFILE; ENOSYS before 5.3 or under seccomp) after the command
+    started: reported as "could not start", and the command is gone by then (killed and
+    reaped), not running on unsupervised while the retry starts a second one beside it."""
+    pids: list[int] = []
+
+    def no_pidfd(pid: int) -> int:
+        pids.append(pid)
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    started = process.start([sys.executable, "-c", "import time; time.sleep(30)"], 10)
+    assert isinstance(started, process.Result)
+    assert started.error == "Too many open files"
+    (pid,) = pids
+    assert not Path(f"/proc/{pid}").exists(), "the command runs on without supervision"
+
+
+def test_8_the_child_environment_is_an_allow_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing of systemd's (JOURNAL_STREAM, INVOCATION_ID, LISTEN_FDNAMES...), no LD_* or
+    PYTHON*, and PATH is SAFE_PATH alone, whatever PATH the daemon had."""
+    monkeypatch.setenv("PATH", "/tmp/evil:/usr/bin")
+    for name in ("JOURNAL_STREAM", "INVOCATION_ID", "LISTEN_FDNAMES", "LD_PRELOAD", "CREDS"):
+        monkeypatch.setenv(name, "x")
+    monkeypatch.setenv("LANG", "C.UTF-8")
+    monkeypatch.delenv("TERM", raising=False)
+    code = "import os, json; print(json.dumps(dict(os.environ)))"
+    result = process.run([sys.executable, "-I", "-c", code], 10)
+    env = json.loads(result.output)
+    env.pop("LC_CTYPE", None)  # Python's own locale coercion may add it
+    assert env == {"PATH": process.SAFE_PATH, "LANG": "C.UTF-8"}
+
+
+def test_exited_does_not_reap(tmp_path: Path) -> None:
+    """The pid (and so the process group id) stays ours until finish(): killing the group
+    after exited() never hits a stranger that got the id."""
+    running = process.start([sys.executable, "-c", "pass"], 10)
+    assert isinstance(running, process.Running)
+    deadline = time.monotonic() + 10
+    while not running.exited() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert running.exited()
+    assert Path(f"/proc/{running.pid}").exists()  # a zombie, not reaped
+    assert running.finish().ok
+    assert not Path(f"/proc/{running.pid}").exists()

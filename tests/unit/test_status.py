@@ -6,10 +6,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from crashhp.arch import Arch, rules
 from crashhp.config import Config, LoadedConfig
-from crashhp.model import KernelState, Policy, Subsystem, Verdict
+from crashhp.model import Fadump, KernelState, Layout, Policy, Subsystem, Verdict
 from crashhp.peers import PEERS, PeerRule, PeerState
-from crashhp.status import Exit, assess, gather, render
+from crashhp.runtime import InstanceLock
+from crashhp.status import Exit, assess, gather, read_daemon, render
 
 ONE, ZERO, ABSENT = Verdict.KERNEL_UPDATES, Verdict.NEEDS_RELOAD, Verdict.ABSENT
 RUNNING: dict[str, Any] = {"protection": "protected", "pid": 1, "counters": {}}
@@ -80,3 +82,64 @@ def test_render_lists_distro_rules() -> None:
     )
     assert "  distro rule   50-kdump-tools.rules (kdump-tools, Debian, Ubuntu)" in render(report)
     assert report["peer_rules"][0]["reloads"] is True
+
+
+def test_upgrade_advised_only_where_crashhp_can_repeat_the_distros_command() -> None:
+    why = "cannot establish kdump-tools' dump command: /var/crash/kexec_cmd is missing"
+    for daemon in (None, RUNNING):
+        a = assess(st(True, ZERO, ZERO), daemon, Policy.AUTO, None, upgrade_error=why)
+        assert "would reload it hotplug-capably" not in a.advice
+        assert a.advice.endswith(f"no `crashhp upgrade` here: {why}")
+        assert (
+            "would reload it hotplug-capably"
+            in assess(st(True, ZERO, ZERO), daemon, Policy.AUTO, None).advice
+        )
+
+
+def test_render_names_the_kexec_layout() -> None:
+    new = KernelState(
+        True, MappingProxyType({Subsystem.CPU: ONE, Subsystem.MEMORY: ONE}), layout=Layout.KEXEC_DIR
+    )
+    report = gather(new, None, LoadedConfig(Config(), ()), "command", None)
+    assert report["kernel"]["kexec_layout"] == "kexec-dir"
+    assert "  kexec sysfs   /sys/kernel/kexec/ (Linux 6.19 and later)" in render(report)
+    old = gather(st(True), None, LoadedConfig(Config(), ()), "command", None)
+    assert "kexec_crash_loaded and siblings" in render(old)
+
+
+def fadump_state(registered: bool, ready: bool) -> KernelState:
+    return KernelState(
+        False,
+        MappingProxyType({Subsystem.CPU: ZERO, Subsystem.MEMORY: ZERO}),
+        fadump=Fadump(True, registered, ready),
+    )
+
+
+def test_fadump_is_not_critical() -> None:
+    """kexec_crash_loaded reads 0 while fadump protects the machine."""
+    a = assess(fadump_state(True, False), RUNNING, Policy.AUTO, None)
+    assert a.code is Exit.OK
+    assert "re-registers it" in a.headline
+    assert assess(fadump_state(True, True), None, Policy.AUTO, None).code is Exit.OK
+    assert assess(fadump_state(False, True), None, Policy.AUTO, None).code is Exit.CRITICAL
+
+
+def test_s390x_says_why_nothing_is_reloaded() -> None:
+    a = assess(st(True, ZERO, ZERO), None, Policy.AUTO, None, rules=rules(Arch.S390X))
+    assert a.code is Exit.OK
+    assert "kdump kernel itself" in a.headline
+    assert assess(st(False), None, Policy.AUTO, None, rules=rules(Arch.S390X)).code is Exit.CRITICAL
+
+
+def test_read_daemon_needs_a_live_daemon(tmp_path: Path) -> None:
+    """state.json alone is no daemon: the instance lock says whether one is alive."""
+    (tmp_path / "state.json").write_text('{"version": 2, "protection": "protected", "pid": 1}')
+    assert read_daemon(tmp_path) is None
+    lock = InstanceLock(tmp_path)
+    lock.acquire()
+    try:
+        daemon = read_daemon(tmp_path)
+        assert daemon is not None
+        assert daemon["protection"] == "protected"
+    finally:
+        lock.release()
