@@ -52,6 +52,15 @@ CMDLINE = (
 )
 BOOT_TIMEOUT_S = 1200.0
 CRASH_APPEND = "console=hvc0 irqpoll nr_cpus=1 reset_devices"
+# Why a guest that will crash runs thread=multi (PpcVm(mttcg=True)): after the panic the CPUs
+# that did not crash spin in the held loop at real address 0x60 (`__secondary_hold`) for good,
+# since the crash kernel (nr_cpus=1) never releases them. Single-threaded TCG runs the vCPUs
+# round-robin, and each hypercall of the crash kernel's CPU (its early console writes one
+# character per H_PUT_TERM_CHAR) hands the thread to the spinning vCPU for a whole time slice:
+# the crash kernel printed about ten characters a second (a line per 5-10 s, sampled NIPs
+# `__secondary_hold+0x4c` and `plpar_hcall_norets+0xc`) and had not got past its early
+# boot messages 240 s after the panic. With thread=multi it boots, writes the vmcore head and
+# powers off about 10 s after the panic.
 
 
 class PpcApt(Apt):
@@ -191,19 +200,27 @@ class PpcVm(Vm):
     boot_timeout_s = BOOT_TIMEOUT_S
 
     def __init__(
-        self, assets: Assets, name: str = "ppc64", cmdline: str = CMDLINE, no_reboot: bool = False
+        self,
+        assets: Assets,
+        name: str = "ppc64",
+        cmdline: str = CMDLINE,
+        *,
+        no_reboot: bool = False,
+        mttcg: bool = False,
     ) -> None:
         super().__init__(assets, name=name, cmdline=cmdline, acpi_fix=False, no_reboot=no_reboot)
+        self.mttcg = mttcg
 
     def hardware_args(self) -> list[str]:
         return [
             "-machine",
             "pseries,cap-cfpc=broken,cap-sbbc=broken,cap-ibs=broken,cap-ccf-assist=off",
             "-accel",
-            # Not thread=multi: QEMU 7.2's MTTCG gives each vCPU thread a code-buffer region
-            # at its start and aborts a hot-added vCPU once the running ones have used them
-            # all ("tcg_region_initial_alloc__locked: assertion failed: (!err)").
-            "tcg,thread=single",
+            # thread=single by default: QEMU 7.2's MTTCG gives each vCPU thread a code-buffer
+            # region at its start and aborted the fourth core hot-add of a guest that had run
+            # a few minutes ("tcg_region_initial_alloc__locked: assertion failed: (!err)").
+            # A guest that will crash needs thread=multi (`mttcg`): see CRASH_APPEND.
+            "tcg,thread=multi" if self.mttcg else "tcg,thread=single",
             "-cpu",
             "power9",
             "-m",
