@@ -107,8 +107,9 @@ class Reload(_Section):
     runner: Runner = Field(
         default=Runner.AUTO,
         description="Where a reload command runs: transient = its own systemd unit "
-        "(systemd-run); direct = a child of the daemon; auto = transient when systemd "
-        "is PID 1",
+        "(systemd-run); direct = a child of the daemon (under the packaged unit only with "
+        "/usr/share/doc/crashhp/examples/direct-runner.conf as a drop-in); auto = "
+        "transient when systemd is PID 1",
     )
 
     @field_validator("command")

@@ -9,6 +9,7 @@ preferred, ``/sys/kernel/kexec_crash_loaded``, ``kexec_crash_size`` and
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,15 +111,67 @@ def host_arch() -> Arch:
     return arch_of(platform.machine())
 
 
+def _spans(ids: list[int]) -> str:
+    """Sorted ids in the kernel's list format, ``0-15,32-47``."""
+    spans: list[tuple[int, int]] = []
+    for n in ids:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], n)
+        else:
+            spans.append((n, n))
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+
+
+def memory_blocks(sysfs: Path = SYSFS) -> str | None:
+    """``block_size_bytes`` and the ids of the ``memoryN`` blocks; None without the directory.
+
+    A block's directory exists, online or offline, from the moment add_memory_resource()
+    has registered its "System RAM" range until try_remove_memory() releases it (both
+    under the device hotplug lock), and for every boot block: it is the RAM the header
+    lists, at block granularity. Listing it needs no privilege.
+    """
+    memory = sysfs / "devices" / "system" / "memory"
+    try:
+        names = os.listdir(memory)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "?"
+    ids = sorted(int(n[6:]) for n in names if n.startswith("memory") and n[6:].isdigit())
+    try:
+        size = (memory / "block_size_bytes").read_text().strip()
+    except OSError:
+        size = "?"
+    return f"{size} {_spans(ids)}"
+
+
+def system_ram_lines(procfs: Path = PROCFS) -> list[bytes] | None:
+    """The "System RAM" lines of /proc/iomem; None if it cannot be read."""
+    try:
+        with (procfs / "iomem").open("rb") as iomem:
+            return [line.strip() for line in iomem if b"System RAM" in line]
+    except OSError:
+        return None
+
+
 def topology(sysfs: Path = SYSFS, procfs: Path = PROCFS, arch: Arch | None = None) -> str:
     """A fingerprint of what a crash kernel loaded now would describe.
 
     The elfcorehdr has one PT_LOAD per "System RAM" range of /proc/iomem and one note per
     present CPU, so those are hashed; online CPUs only where the architecture's crash
     kernel lists them (ppc64's device tree; see crashhp.arch). The CPU part and the RAM
-    part are hashed apart (crashhp.model.changed_parts). /proc/iomem shows zero
-    addresses to non-root readers; the fingerprint is then weaker (it still changes with
-    the number of ranges) but consistent between two reads by the same user.
+    part are hashed apart (crashhp.model.changed_parts).
+
+    The RAM part reads the same for every reader, whatever its privileges (the daemon
+    has no CAP_SYS_ADMIN; `crashhp status` may run as root): the memory block ids and
+    their size (``memory_blocks``), plus the *number* of "System RAM" lines of
+    /proc/iomem, which a reader without CAP_SYS_ADMIN sees with zero addresses. The
+    number covers the moments the two disagree: try_remove_memory() removes the block
+    devices (their ``remove`` uevents) before it releases the range, and
+    add_memory_resource() registers the range before it creates the blocks, so a
+    kexec-tools load in between reads a range the blocks no longer (or not yet) show.
+    Without /sys/devices/system/memory (no memory hotplug) the lines themselves are
+    hashed, as they read to this reader.
     """
     online = arch_rules(arch or host_arch()).online_cpus_count
     cpus = hashlib.sha256()
@@ -129,14 +182,16 @@ def topology(sysfs: Path = SYSFS, procfs: Path = PROCFS, arch: Arch | None = Non
             cpus.update(b"?")
         cpus.update(b"\0")
     ram = hashlib.sha256()
-    try:
-        with (procfs / "iomem").open("rb") as iomem:
-            for line in iomem:
-                if b"System RAM" in line:
-                    ram.update(line.strip())
-                    ram.update(b"\0")
-    except OSError:
+    blocks = memory_blocks(sysfs)
+    lines = system_ram_lines(procfs)
+    if blocks is not None:
+        ram.update(f"blocks {blocks}\0ranges {'?' if lines is None else len(lines)}".encode())
+    elif lines is None:
         ram.update(b"?")
+    else:
+        for line in lines:
+            ram.update(line)
+            ram.update(b"\0")
     return fingerprint(cpus.hexdigest(), ram.hexdigest())
 
 

@@ -29,6 +29,7 @@ MESSAGE_IDS: dict[str, str] = {
     "recovered": "33b18b52718c4db9ae22026fae74ada7",
     "not_loaded": "11d8e2a0517a4f0faac455d082848d73",
     "config_rejected": "db8c5d6d3c34407d9f59b3de7c8acc0f",
+    "direct_runner_unprivileged": "c51c494adb1a4d3ea9f660821664eb44",
 }
 
 PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}

@@ -6,6 +6,13 @@ What a restart needs: what the loaded image describes (``image``, also written a
 ``reloading``), and whether the upgrade was given up. The record is never overwritten by
 nothing: a restart that finds the topology changed keeps the old record, so that a second
 restart before the owed reload still knows.
+
+The fingerprint's RAM part changed (crashhp.kernel.topology: memory blocks instead of
+/proc/iomem) without a new version: a record from before never matches its RAM part, so
+the first start after that upgrade takes it for a memory change while it was down, and
+reloads once unless the kernel keeps the image current. That costs one reload where a
+new version (dropping the old fingerprint, taking the loaded image for current) could
+have missed a change made while no crashhp ran, and an older crashhp still reads it.
 """
 
 from __future__ import annotations
@@ -100,23 +107,37 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def document(snapshot: Snapshot, *, pid: int, invocation_id: str | None) -> dict[str, Any]:
+def document(
+    snapshot: Snapshot, *, pid: int, invocation_id: str | None, runner_error: str | None = None
+) -> dict[str, Any]:
+    """``runner_error``: why the reload runner cannot reload here (crashhp.runners)."""
     image = snapshot.image
     return {
         "version": VERSION,
         "loaded_topology": None if image is None else image.fingerprint,
         "pid": pid,
         "invocation_id": invocation_id,
+        "runner_error": runner_error,
         **_plain(snapshot),
     }
 
 
-def write(directory: Path, snapshot: Snapshot, *, pid: int, invocation_id: str | None) -> None:
+def write(
+    directory: Path,
+    snapshot: Snapshot,
+    *,
+    pid: int,
+    invocation_id: str | None,
+    runner_error: str | None = None,
+) -> None:
     """Replace state.json whole (a temporary file renamed over it); OSError on failure."""
     path = directory / STATE_FILE
     tmp = path.with_suffix(".tmp")
     directory.mkdir(mode=0o755, parents=True, exist_ok=True)
-    text = json.dumps(document(snapshot, pid=pid, invocation_id=invocation_id), indent=1)
+    text = json.dumps(
+        document(snapshot, pid=pid, invocation_id=invocation_id, runner_error=runner_error),
+        indent=1,
+    )
     tmp.write_text(text + "\n")
     os.replace(tmp, path)
 
@@ -157,6 +178,9 @@ def resume(
                     "info",
                     "topology_changed_while_down",
                     {
+                        "text": "the topology differs from the one the loaded crash kernel "
+                        "was recorded to describe (changed while crashhp was not running, "
+                        "or recorded by an older crashhp): deciding as after a burst",
                         "recorded": image.fingerprint,
                         "current": read_now.fingerprint,
                         "complete": image.complete,

@@ -13,6 +13,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from crashhp import process, transient
 from crashhp.config import Config, Runner
@@ -21,6 +22,8 @@ from crashhp.process import DirectRunner, Process, Result
 # systemctl kill/stop of a unit that runs away: they only ask PID 1, which answers at once.
 SYSTEMCTL_TIMEOUT_S = 10.0
 _ids = itertools.count(1)
+CAP_SYS_BOOT = 22  # linux/capability.h: kexec_load and kexec_file_load need it
+DIRECT_DROPIN = "/usr/share/doc/crashhp/examples/direct-runner.conf"
 
 
 class TransientProcess:
@@ -99,3 +102,43 @@ def for_config(config: Config, clock: Callable[[], float] = time.monotonic) -> p
     if kind is Runner.TRANSIENT:
         return TransientRunner(clock)
     return DirectRunner(clock)
+
+
+def direct_unprivileged(runner: Runner, *, under_systemd: bool, cap_eff: int | None) -> str | None:
+    """Why reload steps run as crashhp's children cannot reload here; None if they can.
+
+    ``runner`` is the resolved one (never ``auto``); ``cap_eff`` the effective capability
+    set (None: unknown). Only under systemd: crashhp.service grants no CAP_SYS_BOOT, so
+    every kexec a direct step runs fails with EPERM. Elsewhere (a container, a test host
+    with stand-in tools) the admin chose the privileges and crashhp does not guess.
+    """
+    if runner is not Runner.DIRECT or not under_systemd or cap_eff is None:
+        return None
+    if cap_eff >> CAP_SYS_BOOT & 1:
+        return None
+    return (
+        'reload.runner = "direct", but crashhp.service has no CAP_SYS_BOOT: every reload '
+        'will fail with EPERM; use reload.runner = "auto" (a transient unit per reload), '
+        f"or install {DIRECT_DROPIN} as a drop-in for crashhp.service"
+    )
+
+
+def effective_capabilities(procfs: Path = Path("/proc")) -> int | None:
+    """This process' CapEff from ``/proc/self/status``; None if it cannot be read."""
+    try:
+        with (procfs / "self" / "status").open() as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return int(line.split(":", 1)[1], 16)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def direct_check(
+    config: Config, *, under_systemd: bool, procfs: Path = Path("/proc")
+) -> str | None:
+    """``direct_unprivileged`` for this process and ``config``: the I/O around it."""
+    runner = transient.resolve_runner(config.reload.runner, transient.systemd_available())
+    cap_eff = effective_capabilities(procfs) if runner is Runner.DIRECT else None
+    return direct_unprivileged(runner, under_systemd=under_systemd, cap_eff=cap_eff)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from crashhp import kernel, logs, persist
+from crashhp import kernel, logs, persist, runners
 from crashhp.arch import rules as arch_rules
 from crashhp.config import ConfigError, LoadedConfig
 from crashhp.exporter import Exporter
@@ -64,6 +64,7 @@ class Service(Shell):
         self._watchdog_at = 0.0
         self._last_status = ""
         self._invocation = os.environ.get("INVOCATION_ID") or None
+        self._runner_error: str | None = None
         self._exporter = Exporter(self._warn)
 
     # ---- start and stop ---------------------------------------------------------------
@@ -82,6 +83,7 @@ class Service(Shell):
         for effect in effects:
             self.perform(effect)
         report_support(self.logger, first.state, rules.never_reload)
+        self._check_runner()
         _release_startup_memory()
         now = self.clock()
         self._watchdog_at = now
@@ -162,7 +164,13 @@ class Service(Shell):
             self._notifier.notify(f"STATUS={snapshot.status}")
             self._last_status = snapshot.status
         try:
-            persist.write(self.state_dir, snapshot, pid=os.getpid(), invocation_id=self._invocation)
+            persist.write(
+                self.state_dir,
+                snapshot,
+                pid=os.getpid(),
+                invocation_id=self._invocation,
+                runner_error=self._runner_error,
+            )
         except OSError as exc:
             # Restart safety depends on this file: say so at error level.
             self.logger.error(
@@ -245,8 +253,23 @@ class Service(Shell):
                 self.logger = get_logger()
             files = ",".join(str(f) for f in loaded.files) or "(defaults)"
             self.logger.info("config_loaded", files=files, policy=loaded.config.policy.value)
+            self._check_runner()
             self.feed(Reconfigured(self.clock(), loaded.config))
         self._notifier.notify(f"READY=1\nSTATUS={self._last_status}")
+
+    def _check_runner(self) -> None:
+        """Say at start (and after each config reload), not at the first hotplug, when the
+        runner reload.runner resolves to cannot reload under this unit."""
+        under_systemd = self._invocation is not None
+        self._runner_error = (
+            None
+            if self.runner is not None  # injected (tests): not the config's
+            else runners.direct_check(self._loaded.config, under_systemd=under_systemd)
+        )
+        if self._runner_error:
+            self.logger.error(
+                "direct_runner_unprivileged", runner="direct", text=self._runner_error
+            )
 
     def _warn(self, event: str, **fields: Any) -> None:
         self.logger.warning(event, **fields)  # self.logger changes at SIGHUP

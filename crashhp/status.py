@@ -94,11 +94,13 @@ def gather(
     rules: Rules | None = None,
     upgrade_error: str | None = None,
 ) -> dict[str, Any]:
+    # The daemon's own finding: its runner cannot reload under its unit (crashhp.runners).
+    runner_error = str(daemon["runner_error"]) if daemon and daemon.get("runner_error") else None
     result = assess(
         state,
         daemon,
         loaded.config.policy,
-        method_error,
+        method_error or runner_error,
         peers,
         rules=rules,
         upgrade_error=upgrade_error,
@@ -139,6 +141,7 @@ def gather(
         ],
         "reload_method": method,
         "reload_method_error": method_error,
+        "runner_error": runner_error,
         "upgrade_error": upgrade_error,
         "config": {
             "files": [str(f) for f in loaded.files],
@@ -172,6 +175,8 @@ def render(report: Mapping[str, Any]) -> str:
     method = report["reload_method"]
     if report["reload_method_error"]:
         method = f"{method}: {report['reload_method_error']}"
+    if report.get("runner_error"):
+        method = f"{method}; but {report['runner_error']}"
     values = report["config"]["values"]
     changed = [
         f"{key}={v['value']!r} ({v['from']})"

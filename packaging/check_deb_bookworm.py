@@ -39,7 +39,13 @@ sys.path.insert(0, str(REPO / "packaging"))
 import bookworm_root  # noqa: E402
 import flavours  # noqa: E402
 import vendor  # noqa: E402
-from check_deb_trixie import CheckFailed, Root, run_checks  # noqa: E402
+from check_deb_trixie import (  # noqa: E402
+    EXAMPLE,
+    CheckFailed,
+    Root,
+    run_checks,
+    verify_with_example,
+)
 
 SUITE = "bookworm"
 VENDOR = flavours.VENDOR_DIR
@@ -154,6 +160,8 @@ def checks(root: Root, deb: Path, version: str) -> list[tuple[str, Callable[[], 
         expect(proc.returncode == 0 and not said, f"{proc.returncode}: {proc.stderr}")
         version_line = root.run("systemctl", "--version").stdout.splitlines()[0]
         expect(version_line.startswith("systemd 252 "), version_line)
+        expect((root / EXAMPLE).is_file(), f"{EXAMPLE} missing")
+        verify_with_example(root)  # the direct-runner drop-in parses on 252 too
 
     def purge_leaves_nothing() -> None:
         root.run("dpkg", "--purge", "crashhp")

@@ -36,6 +36,9 @@ TIMEOUT_S = 300
 KDUMP_RULE = "50-kdump-tools.rules"
 DEB_IN_ROOT = "/root/crashhp.deb"  # a path inside the throwaway root
 TAKEOVER = f"/usr/share/crashhp/udev-takeover/{KDUMP_RULE}"
+# The drop-in an admin installs for reload.runner = "direct" (README.md, "Hardening").
+EXAMPLE = "/usr/share/doc/crashhp/examples/direct-runner.conf"
+EXAMPLE_DROPIN = "/etc/systemd/system/crashhp.service.d/direct-runner.conf"
 
 
 class CheckFailed(Exception):
@@ -92,6 +95,20 @@ def unpack(cpio: Path, into: Path) -> Root:
     return root
 
 
+def verify_with_example(root: Root) -> None:
+    """The packaged example drop-in, installed as the README says, parses with the unit."""
+    dropin = root / EXAMPLE_DROPIN.lstrip("/")
+    dropin.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(root / EXAMPLE.lstrip("/"), dropin)
+    try:
+        proc = root.run("systemd-analyze", "verify", "--man=no", "crashhp.service", ok=False)
+    finally:
+        shutil.rmtree(dropin.parent)
+    said = [line for line in proc.stderr.splitlines() if "crashhp" in line]
+    if proc.returncode != 0 or said:
+        raise CheckFailed(f"with {EXAMPLE_DROPIN}: {proc.returncode}: {proc.stderr}")
+
+
 def peers_line(root: Root) -> str:
     code = (
         "from crashhp.peers import default_rule_dirs, find_peer_rules\n"
@@ -124,6 +141,7 @@ def checks(root: Root, deb: Path, version: str) -> list[tuple[str, Callable[[], 
             "/usr/share/man/man8/crashhp.8.gz",
             "/usr/share/man/man5/crashhp.toml.5.gz",
             TAKEOVER,
+            EXAMPLE,
         ):
             expect((root / rel).is_file(), f"{rel} missing")
         expect((root / "/etc/crashhp/crashhp.d").is_dir(), "/etc/crashhp/crashhp.d missing")
@@ -151,6 +169,7 @@ def checks(root: Root, deb: Path, version: str) -> list[tuple[str, Callable[[], 
     def udev_and_systemd_accept_the_files() -> None:
         root.run("udevadm", "verify", "/usr/lib/udev/rules.d/60-crashhp.rules", TAKEOVER)
         root.run("systemd-analyze", "verify", "--man=no", "crashhp.service")
+        verify_with_example(root)
 
     def takeover_masks_kdump_tools() -> None:
         expect((root / assets.PEER_RULES).exists(), "kdump-tools' rule is not installed")

@@ -90,6 +90,7 @@ def checks(root: Root, package: Path, version: str) -> list[tuple[str, Callable[
             "/etc/crashhp/crashhp.d",
             TAKEOVER,
             "/usr/share/man/man8/crashhp.8.gz",
+            "/usr/share/doc/crashhp/examples/direct-runner.conf",
         ):
             expect(path in files, f"{path} not in the RPM")
         config = rpm("-qpc", str(package)).split()

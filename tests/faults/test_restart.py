@@ -29,7 +29,7 @@ from tests.support.nshost import REPO, Daemon, FakeHost, wait_until
 pytestmark = pytest.mark.faults
 
 UNIT = REPO / "systemd" / "crashhp.service"
-LEAST_PRIVILEGE = REPO / "systemd" / "crashhp.service.d" / "least-privilege.conf"
+DIRECT_RUNNER = REPO / "packaging" / "examples" / "direct-runner.conf"
 NOTIFY_RELOAD_SINCE = 253  # systemd version
 
 
@@ -49,9 +49,10 @@ def fingerprint(host: FakeHost, tmp: Path) -> str:
     """crashhp's topology fingerprint of the fake host, as the daemon computes it."""
     root = tmp / "fingerprint-sys"
     (root / "devices" / "system").mkdir(parents=True, exist_ok=True)
-    link = root / "devices" / "system" / "cpu"
-    if not link.exists():
-        link.symlink_to(host.sysfs.cpu)
+    for name, target in (("cpu", host.sysfs.cpu), ("memory", host.sysfs.memory)):
+        link = root / "devices" / "system" / name
+        if not link.exists():
+            link.symlink_to(target)
     return kernel.topology(root, host.iomem.parent)
 
 
@@ -170,7 +171,7 @@ def test_unit_never_runs_out_of_restarts() -> None:
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
-    """The unit and its least-privilege drop-in, as this host's systemd reads them."""
+    """The unit, and with the direct-runner drop-in, as this host's systemd reads them."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         pytest.skip("no systemd-analyze")
@@ -190,19 +191,21 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         )
     unit = tmp_path / "crashhp.service"
     unit.write_text(text)
-    dropins = tmp_path / "crashhp.service.d"  # verify reads drop-ins next to the unit file
-    dropins.mkdir()
-    shutil.copy(LEAST_PRIVILEGE, dropins / LEAST_PRIVILEGE.name)
-    result = subprocess.run(
-        [analyze, "verify", "--man=no", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    ours = [line for line in result.stderr.splitlines() if "crashhp.service" in line]
-    assert result.returncode == 0, result.stderr
-    assert not ours, result.stderr
+    for dropin in (False, True):
+        if dropin:  # verify reads drop-ins next to the unit file
+            dropins = tmp_path / "crashhp.service.d"
+            dropins.mkdir()
+            shutil.copy(DIRECT_RUNNER, dropins / DIRECT_RUNNER.name)
+        result = subprocess.run(
+            [analyze, "verify", "--man=no", str(unit)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        ours = [line for line in result.stderr.splitlines() if "crashhp.service" in line]
+        assert result.returncode == 0, result.stderr
+        assert not ours, result.stderr
 
 
 @pytest.mark.parametrize(

@@ -391,14 +391,23 @@ class FakeSysfs:
         for name in ("online", "possible", "present"):
             (self.cpu / name).write_text(span)
         (self.memory / "block_size_bytes").write_text("8000000\n")
-        for n in range(memory_blocks):
-            block = self.memory / f"memory{n}"
-            block.mkdir(exist_ok=True)
-            (block / "online").write_text("1\n")
-            (block / "state").write_text("online\n")
+        self.set_blocks(memory_blocks)
         (self.kernel / "crash_elfcorehdr_size").write_text("4096\n")
         (self.kernel / "kexec_crash_size").write_text("268435456\n")
         self.set(cpu_hotplug="0", memory_hotplug="0", loaded="1")
+
+    def set_blocks(self, count: int) -> None:
+        """Blocks memory0..count-1, online; the namespace sees the change at once."""
+        for n in range(count):
+            block = self.memory / f"memory{n}"
+            if not block.is_dir():
+                block.mkdir()
+                (block / "online").write_text("1\n")
+                (block / "state").write_text("online\n")
+        for block in self.memory.glob("memory*"):
+            suffix = block.name.removeprefix("memory")
+            if suffix.isdigit() and int(suffix) >= count:
+                shutil.rmtree(block)
 
     def set(
         self,
@@ -647,7 +656,8 @@ class FakeHost:
         """Hot-plug in the fake kernel: cpus 0..N-1 present and online, N memory blocks online.
 
         Memory is "System RAM" in /proc/iomem: the low 640 KiB, then one range per block from
-        1 MiB on, one line per four blocks (as the kernel merges adjacent ranges, roughly).
+        1 MiB on, one line per four blocks (as the kernel merges adjacent ranges, roughly);
+        and blocks memory0..N-1 under /sys/devices/system/memory, changed first.
         """
         if cpus is not None:
             self.cpus = cpus
@@ -658,6 +668,7 @@ class FakeHost:
                 (self.sysfs.cpu / f"cpu{n}").mkdir(exist_ok=True)
         if memory_blocks is not None:
             self.memory_blocks = memory_blocks
+            self.sysfs.set_blocks(memory_blocks)
             lines = ["00000000-00000fff : Reserved", "00001000-0009fbff : System RAM"]
             start = 0x100000
             for first in range(0, memory_blocks, 4):

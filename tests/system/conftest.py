@@ -47,13 +47,19 @@ class GuestPool:
         self.kind = ""
 
     def get(
-        self, kind: str, *, fresh_cpus: bool = False, flavour: flavours.Flavour = flavours.DEFAULT
+        self,
+        kind: str,
+        *,
+        fresh_cpus: bool = False,
+        flavour: flavours.Flavour = flavours.DEFAULT,
+        no_reboot: bool = False,
     ) -> Guest:
-        """The guest `kind` (one kind per flavour), booted if it is not the current one."""
+        """The guest `kind` (one kind per flavour), booted if it is not the current one.
+        `no_reboot`: QEMU exits where the guest would reboot (a kind that ends in a crash)."""
         stale = self.vm is not None and fresh_cpus and self.vm.cpu_removed
         if self.guest is None or self.kind != kind or stale:
             self.close()
-            self.vm = self.vm_class(self.assets_for(flavour), name=kind)
+            self.vm = self.vm_class(self.assets_for(flavour), name=kind, no_reboot=no_reboot)
             self.vm.__enter__()
             _TIMINGS.append(
                 f"VM {kind}: booted in {self.vm.boot_s:.1f} s after waiting "

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.system import dump
-from tests.system.assets import Assets, ensure_tools
+from tests.system import dump, flavours
+from tests.system.assets import ensure_tools
 from tests.system.conftest import GuestPool
 from tests.system.scenarios import (
     CONFIG_PATH,
@@ -73,10 +73,11 @@ class CrashGuest:
 
 
 @pytest.fixture
-def crash_guest(pool: GuestPool, assets: Assets) -> Iterator[CrashGuest]:
+def crash_guest(pool: GuestPool) -> Iterator[CrashGuest]:
     """A guest of its own (the crash ends it), its crash initrd the dump check."""
     pool.close()  # one guest at a time: qemu.lock
-    with Vm(assets, name="dump", no_reboot=True) as vm:
+    # assets_for: found again should another checkout's run have pruned a shared build.
+    with Vm(pool.assets_for(flavours.DEFAULT), name="dump", no_reboot=True) as vm:
         # Counted from QEMU's start, not from the wait for another user's guest.
         started = time.monotonic() - vm.boot_s
         dump.install_dumpcheck_initrd(vm)

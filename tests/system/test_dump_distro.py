@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.system import dump
-from tests.system.assets import Assets, Disk, ensure_disk
+from tests.system import dump, flavours
+from tests.system.assets import Disk, ensure_disk
 from tests.system.conftest import GuestPool
 from tests.system.scenarios import CONFIG_PATH, Guest, Outcome
 from tests.system.vm import CMDLINE, Vm
@@ -104,8 +104,10 @@ class DiskGuest:
 
 
 @pytest.fixture
-def disk_guest(pool: GuestPool, assets: Assets) -> Iterator[DiskGuest]:
+def disk_guest(pool: GuestPool) -> Iterator[DiskGuest]:
     pool.close()  # one guest at a time: qemu.lock
+    # assets_for: found again should another checkout's run have pruned a shared build.
+    assets = pool.assets_for(flavours.DEFAULT)
     disk = ensure_disk(assets)
     vm = Vm(assets, name="distro", no_reboot=True, disk=disk, cmdline=DISK_CMDLINE)
     try:

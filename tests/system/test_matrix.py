@@ -28,13 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.system import flavours
+from tests.system import dump, flavours
 from tests.system.measure import Row
-from tests.system.scenarios import Guest, Outcome
-from tests.system.test_installed import CONFIG, build_deb
+from tests.system.scenarios import CONFIG, CONFIG_PATH, Guest, Outcome
+from tests.system.test_installed import CONFIG as PACKAGE_CONFIG
+from tests.system.test_installed import DROPIN as PACKAGE_DROPIN
 from tests.system.test_installed import _configure as configure
 from tests.system.test_installed import _install as install_deb
 from tests.system.test_installed import _one_reload as one_reload
+from tests.system.test_installed import build_deb
 from tests.system.vm import GUEST_PYTHONPATH, Vm
 
 if TYPE_CHECKING:
@@ -241,7 +243,7 @@ def bookworm_package(c: Ctx) -> None:
     assert g.vm.agent.run(["systemctl", "is-active", "crashhp"]).stdout.strip() == "active"
     files = g.vm.agent.run(["dpkg", "-L", "crashhp"], 30).check().stdout.split()
     assert "/usr/lib/crashhp/vendor/pydantic" in files, files
-    configure(g, CONFIG)
+    configure(g, PACKAGE_CONFIG)
     g.fresh_crashhp("classic")
     # A real change: a CPU offline+online changes no header on x86 (decision `unchanged`).
     out = g.measure("P", "+1 CPU", "classic", lambda: g.add_cpus_and_dimm(cpus=1, dimm=False))
@@ -251,6 +253,39 @@ def bookworm_package(c: Ctx) -> None:
         f"{c.kernel}: {deb.name} ({deb.stat().st_size} bytes) installed with apt-get, "
         f"service active, +1 CPU -> {out.row.reloads} reload"
     )
+
+
+DIMM_SLOTS = 4  # tests/system/vm.py MEMORY: slots=4
+
+
+def dump_check(c: Ctx) -> None:
+    """The dump after a reload (issue "The dump is the product"): a kexec_load crash kernel
+    whose initrd is the dump check, a burst crashhp must reload for (+1 CPU online, and a
+    1 GiB DIMM while the boot has a slot left), then a panic; the vmcore's header must cover
+    every System RAM range and carry a note per online CPU. Ends the guest: last step.
+    On bookworm it follows the .deb step, so the packaged crashhp reloads here."""
+    g = c.g
+    try:
+        dump.install_dumpcheck_initrd(g.vm)
+        # The harness's reload command (the .deb step configured the kexec method in a drop-in).
+        g.sh(f"rm -f {PACKAGE_DROPIN}")
+        g.vm.agent.write_file(CONFIG_PATH, CONFIG)
+        g.fresh_crashhp("classic")
+        dimm = len(g.vm.dimms) < DIMM_SLOTS
+        burst = "+1 CPU, online" + (", +1 GiB" if dimm else "")
+        out = g.measure("B", burst, "classic", lambda: g.add_cpus_and_dimm(cpus=1, dimm=dimm))
+        c.row(out, "dump check")
+        assert out.events["reload_failed"] == 0, f"crashhp's reload failed:\n{_failures(out)}"
+        assert out.row.reloads == 1, (out.reload_log, dict(out.events))
+        report = dump.crash_and_check(g.vm)
+    finally:
+        c.pool.close()
+    c.summary.append(
+        f"{c.kernel}: dump check after {burst}: {out.row.reloads} reload, "
+        f"{out.metrics.unloaded_ms:.0f} ms unloaded; {dump.summary_line('vmcore', report)}"
+    )
+    assert report.error is None, report.describe()
+    assert report.complete, report.describe()
 
 
 # ---- the matrix -----------------------------------------------------------------------------
@@ -274,13 +309,20 @@ MATRIX: dict[str, tuple[Step, ...]] = {
         Step(peer_stock_udevd),
         Step(peer_filter_lifted, full=True),
         Step(bookworm_package),
+        Step(dump_check),
     ),
-    "trixie-6.12": (Step(boot_facts), Step(kexec_load_burst), Step(nothing_loaded)),
+    "trixie-6.12": (
+        Step(boot_facts),
+        Step(kexec_load_burst),
+        Step(nothing_loaded),
+        Step(dump_check),
+    ),
     "trixie-7.3": (
         Step(boot_facts),
         Step(kexec_sysfs),
         Step(kexec_load_burst),
         Step(nothing_loaded),
+        Step(dump_check),
     ),
 }
 PARAMS = [
@@ -299,7 +341,8 @@ PARAMS = [
 def test_matrix(
     pool: GuestPool, rows: list[Row], summary: list[str], kernel: str, step: Step
 ) -> None:
-    g = pool.get(f"matrix-{kernel}", flavour=flavours.FLAVOURS[kernel])
+    # -no-reboot: the last step's crash ends QEMU (with nothing loaded the guest would reboot).
+    g = pool.get(f"matrix-{kernel}", flavour=flavours.FLAVOURS[kernel], no_reboot=True)
     assert re.match(RELEASE[kernel], g.kver), f"{kernel} booted {g.kver}"
     step.run(Ctx(kernel, g, pool, rows, summary))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from crashhp import persist
 from crashhp.messages import Request, Tick
 from crashhp.model import Protection
 from crashhp.phase import Idle, Settling
@@ -88,6 +89,28 @@ def test_3_a_second_restart_before_the_owed_reload_still_reloads() -> None:
     d.settle()
     assert w.current
     assert len(w.loads) == 1
+
+
+@pytest.mark.parametrize("kernel_updates", [False, True])
+def test_3_a_record_from_before_the_memory_block_fingerprint(kernel_updates: bool) -> None:
+    """state.json (version 2) written before the RAM part hashed the memory blocks (it
+    hashed /proc/iomem): after the upgrade the CPU part still compares and the RAM part
+    never matches, so the first start counts a memory change while it was down. One
+    reload where the kernel cannot keep the image current, none where it can; never a
+    stale image taken for current."""
+    w = World(hotplug=kernel_updates, makes_hotplug=kernel_updates)
+    d = Driver(w)
+    d.advance(1.0)
+    assert d.published is not None
+    image = d.published["image"]
+    old = {**d.published, "image": {**image, "fingerprint": image["fingerprint"][:8] + "0f1e2d3c"}}
+    d.restart(saved=persist.Saved.model_validate(old))
+    (moved,) = d.events_named("topology_changed_while_down")
+    assert moved.fields["recorded"] != moved.fields["current"]
+    d.settle()
+    assert w.current
+    assert len(w.loads) == (0 if kernel_updates else 1)
+    assert d.decisions() == ["kernel_handles" if kernel_updates else "kernel_says_reload"]
 
 
 def test_4_a_crash_kernel_loaded_after_start_is_recorded() -> None:

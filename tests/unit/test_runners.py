@@ -139,3 +139,56 @@ def test_the_runner_follows_reload_runner(
     monkeypatch.setattr(transient, "systemd_available", lambda: available)
     config = Config.model_validate({"reload": {"runner": setting.value}})
     assert type(runners.for_config(config)) is expected
+
+
+# ---- direct steps under crashhp.service: no CAP_SYS_BOOT, no reload -------------------
+
+BOOT = 1 << runners.CAP_SYS_BOOT
+NET_ADMIN = 1 << 12
+
+
+def test_direct_without_cap_sys_boot_under_systemd_is_named() -> None:
+    said = runners.direct_unprivileged(Runner.DIRECT, under_systemd=True, cap_eff=NET_ADMIN)
+    assert said is not None
+    assert "\n" not in said
+    assert "CAP_SYS_BOOT" in said
+    assert runners.DIRECT_DROPIN in said
+    assert 'reload.runner = "auto"' in said
+
+
+@pytest.mark.parametrize(
+    ("runner", "under_systemd", "cap_eff"),
+    [
+        (Runner.DIRECT, True, NET_ADMIN | BOOT),  # the example drop-in restored it
+        (Runner.DIRECT, True, (1 << 41) - 1),  # every capability (the old unit, or none)
+        (Runner.DIRECT, False, 0),  # a container or a test host: its privileges, its call
+        (Runner.DIRECT, True, None),  # unknown: no guess
+        (Runner.TRANSIENT, True, NET_ADMIN),  # PID 1 gives the step its privileges
+    ],
+)
+def test_direct_unprivileged_only_then(runner: Runner, under_systemd: bool, cap_eff: int) -> None:
+    assert runners.direct_unprivileged(runner, under_systemd=under_systemd, cap_eff=cap_eff) is None
+
+
+def test_effective_capabilities_from_proc_status(tmp_path: Path) -> None:
+    (tmp_path / "self").mkdir()
+    status = tmp_path / "self" / "status"
+    status.write_text("Name:\tcrashhp\nCapInh:\t0000000000000000\nCapEff:\t0000000000001000\n")
+    assert runners.effective_capabilities(tmp_path) == NET_ADMIN
+    status.write_text("Name:\tcrashhp\n")
+    assert runners.effective_capabilities(tmp_path) is None
+    status.unlink()
+    assert runners.effective_capabilities(tmp_path) is None
+    assert isinstance(runners.effective_capabilities(), int)  # this process, for real
+
+
+def test_direct_check_reads_only_for_a_direct_runner(tmp_path: Path) -> None:
+    direct = Config.model_validate({"reload": {"runner": "direct"}})
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "status").write_text("CapEff:\t0000000000001000\n")
+    said = runners.direct_check(direct, under_systemd=True, procfs=tmp_path)
+    assert said is not None
+    assert "CAP_SYS_BOOT" in said
+    assert runners.direct_check(direct, under_systemd=False, procfs=tmp_path) is None
+    (tmp_path / "self" / "status").write_text(f"CapEff:\t{NET_ADMIN | BOOT:016x}\n")
+    assert runners.direct_check(direct, under_systemd=True, procfs=tmp_path) is None

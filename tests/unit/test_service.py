@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from crashhp import kernel
+from crashhp import kernel, runners, status, transient
 from crashhp.arch import Arch
 from crashhp.config import Config, ConfigError, LoadedConfig
+from crashhp.logs import MESSAGE_IDS
 from crashhp.model import Subsystem, Uevent
 from crashhp.runtime import AlreadyRunning
 from crashhp.service import Service
@@ -215,3 +216,43 @@ def test_an_overflow_rebuilds_the_monitor_and_resyncs(parts: dict[str, Any]) -> 
     assert [e["event"] for e in logs if e["event"] == "monitor_overflow"] == ["monitor_overflow"]
     assert s.engine.ledger.counters.overflows == 1
     assert s.engine.phase.name == "coalescing"  # every subsystem marked
+
+
+def test_a_direct_runner_without_cap_sys_boot_is_said_at_start(
+    parts: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under crashhp.service (no CAP_SYS_BOOT) reload.runner = "direct" cannot reload:
+    one error line at start, in state.json, and in `crashhp status`; not an EPERM at the
+    first hotplug."""
+    monkeypatch.setenv("INVOCATION_ID", "0" * 32)
+    monkeypatch.setattr(runners, "effective_capabilities", lambda procfs=None: 1 << 12)
+    parts["config"] = Config.model_validate(
+        {"reload": {"method": "command", "command": ["/bin/true"], "runner": "direct"}}
+    )
+    s = service(parts)
+    with capture_logs() as logs:
+        s.start(signals=False)
+    (said,) = [e for e in logs if e["event"] == "direct_runner_unprivileged"]
+    assert said["log_level"] == "error"
+    assert "CAP_SYS_BOOT" in said["text"]
+    assert "\n" not in said["text"]
+    assert "direct_runner_unprivileged" in MESSAGE_IDS
+    daemon = json.loads((parts["state_dir"] / "state.json").read_text())
+    assert daemon["runner_error"] == said["text"]
+    report = status.gather(
+        parts["reader"].state(), daemon, LoadedConfig(parts["config"], ()), "command", None
+    )
+    assert report["runner_error"] == said["text"]
+    assert report["verdict"] == "WARNING"  # crashhp cannot reload a crash kernel that needs it
+    assert said["text"] in status.render(report)
+    # Back to the default runner at SIGHUP: the error goes.
+    auto = LoadedConfig(
+        Config.model_validate({"reload": {"method": "command", "command": ["/bin/true"]}}), ()
+    )
+    monkeypatch.setattr(transient, "systemd_available", lambda: True)
+    s._load = lambda: auto
+    with capture_logs() as logs:
+        s.reconfigure()
+    assert not [e for e in logs if e["event"] == "direct_runner_unprivileged"]
+    assert json.loads((parts["state_dir"] / "state.json").read_text())["runner_error"] is None
+    s.close()
