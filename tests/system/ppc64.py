@@ -56,7 +56,7 @@ CRASH_APPEND = "console=hvc0 irqpoll nr_cpus=1 reset_devices"
 # that did not crash spin in the held loop at real address 0x60 (`__secondary_hold`) for good,
 # since the crash kernel (nr_cpus=1) never releases them. Single-threaded TCG runs the vCPUs
 # round-robin, and each hypercall of the crash kernel's CPU (its early console writes one
-# character per H_PUT_TERM_CHAR) hands the thread to the spinning vCPU for a whole time slice:
+# character per H_PUT_TERM_CHAR) seems to hand the thread to the spinning vCPU for a slice:
 # the crash kernel printed about ten characters a second (a line per 5-10 s, sampled NIPs
 # `__secondary_hold+0x4c` and `plpar_hcall_norets+0xc`) and had not got past its early
 # boot messages 240 s after the panic. With thread=multi it boots, writes the vmcore head and
