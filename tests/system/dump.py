@@ -501,9 +501,10 @@ def crash(vm: Vm, timeout_s: float = CRASH_TIMEOUT_S, *, watch_agent: bool = Fal
     `watch_agent`: stop early when the crash kernel booted an ordinary system instead."""
     machine = machine_now(vm)
     loaded = vm.agent.read_text("/sys/kernel/kexec_crash_loaded").strip() == "1"
+    # "-" where the kernel has no crash_hotplug (before 6.6: bookworm's 6.1).
     hotplug = tuple(
-        vm.agent.read_text(f"/sys/devices/system/{s}/crash_hotplug").strip()
-        for s in ("cpu", "memory")
+        vm.agent.read_text(path).strip() if vm.agent.wait_path(path, 0.0) else "-"
+        for path in (f"/sys/devices/system/{s}/crash_hotplug" for s in ("cpu", "memory"))
     )
     vm.agent.run(["sync"], 30)
     start = time.monotonic()
