@@ -60,7 +60,7 @@ CRASH_APPEND = "console=hvc0 irqpoll nr_cpus=1 reset_devices"
 # the crash kernel printed about ten characters a second (a line per 5-10 s, sampled NIPs
 # `__secondary_hold+0x4c` and `plpar_hcall_norets+0xc`) and had not got past its early
 # boot messages 240 s after the panic. With thread=multi it boots, writes the vmcore head and
-# powers off about 10 s after the panic.
+# powers off 3.5-11 s after the panic.
 
 
 class PpcApt(Apt):
