@@ -85,12 +85,7 @@ class BookwormApt(Apt):
 
 def archive_versions(apt: Apt, packages: list[str]) -> dict[str, str]:
     """The versions bookworm has now (the lists of the last run if the mirror is down)."""
-    try:
-        apt.update()
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        if not apt.has_lists():
-            raise
-        log(f"apt-get update failed, using the lists from the last run: {exc}")
+    apt.refresh()
     return apt.versions(packages)
 
 

@@ -21,7 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +155,15 @@ class Apt:
     def has_lists(self) -> bool:
         return any((self.root / "lists").glob("*_Packages*"))
 
+    def refresh(self) -> None:
+        """apt-get update; if the mirror fails, the lists of the last run do."""
+        try:
+            self.update()
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            if not self.has_lists():
+                raise
+            log(f"apt-get update failed, using the lists from the last run: {exc}")
+
     def kernel_package(self) -> str:
         out = run(["apt-cache", *self.options, "pkgnames", "linux-image-6.12"], TIMEOUT_APT_S)
         names = [n for n in out.stdout.split() if re.match(KERNEL_PATTERN, n)]
@@ -211,11 +220,13 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _kernel(root: Path, apt: Apt, package: str, version: str) -> tuple[str, Path]:
-    kdir = root / f"kernel-{_key(package, version)}"
+def _kernel(
+    root: Path, apt: Apt, package: str, version: str, name: str = "kernel", image: str = "vmlinuz"
+) -> tuple[str, Path]:
+    kdir = root / f"{name}-{_key(package, version)}"
     if not (kdir / "done").exists():
         start = time.monotonic()
-        tmp = root / "tmp-kernel"
+        tmp = root / f"tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         log(f"downloading {package} {version} from {apt.mirror}")
         deb = apt.download(package, tmp / "deb")
@@ -223,15 +234,15 @@ def _kernel(root: Path, apt: Apt, package: str, version: str) -> tuple[str, Path
         run(["dpkg-deb", "-x", str(deb), str(tmp / "x")], TIMEOUT_APT_S)
         (tmp / "out").mkdir()
         for f in (tmp / "x" / "boot").iterdir():
-            if f.name.startswith(("vmlinuz-", "config-")):
+            if f.name.startswith((f"{image}-", "config-")):
                 shutil.copy2(f, tmp / "out" / f.name)
         (tmp / "out" / "done").write_text(f"{package} {version}\n")
         shutil.rmtree(kdir, ignore_errors=True)
         (tmp / "out").rename(kdir)
         shutil.rmtree(tmp, ignore_errors=True)
         log(f"kernel: downloaded {mib(size)}, extracted in {time.monotonic() - start:.0f} s")
-    vmlinuz = next(kdir.glob("vmlinuz-*"))
-    return vmlinuz.name.removeprefix("vmlinuz-"), vmlinuz
+    vmlinuz = next(kdir.glob(f"{image}-*"))
+    return vmlinuz.name.removeprefix(f"{image}-"), vmlinuz
 
 
 def _crash_initrd(rootfs: Path) -> bytes:
@@ -260,7 +271,7 @@ def _crash_initrd(rootfs: Path) -> bytes:
     return w.getvalue()
 
 
-def _customize(rootfs: Path, kdir: Path, kver: str) -> None:
+def _customize(rootfs: Path, kdir: Path, kver: str, image: str = "vmlinuz") -> None:
     debs = list((rootfs / "var/cache/apt/archives").glob("*.deb"))
     if debs:
         size = sum(d.stat().st_size for d in debs)
@@ -295,7 +306,7 @@ def _customize(rootfs: Path, kdir: Path, kver: str) -> None:
     # The kernel the guest runs is also the crash kernel it loads.
     boot = rootfs / "boot"
     boot.mkdir(exist_ok=True)
-    shutil.copy2(kdir / f"vmlinuz-{kver}", boot / f"vmlinuz-{kver}")
+    shutil.copy2(kdir / f"{image}-{kver}", boot / f"{image}-{kver}")
     shutil.copy2(kdir / f"config-{kver}", boot / f"config-{kver}")
     (rootfs / CRASH_INITRD).write_bytes(_crash_initrd(rootfs))
     journald = rootfs / "etc/systemd/journald.conf.d"
@@ -305,11 +316,20 @@ def _customize(rootfs: Path, kdir: Path, kver: str) -> None:
     )
 
 
-def _rootfs(root: Path, mirror: str, key: str, kdir: Path, kver: str) -> Path:
-    out = root / f"rootfs-{key}"
+def _rootfs(
+    root: Path,
+    mirror: str,
+    key: str,
+    kdir: Path,
+    kver: str,
+    name: str = "rootfs",
+    bootstrap: Callable[[Path, str], None] | None = None,
+    image: str = "vmlinuz",
+) -> Path:
+    out = root / f"{name}-{key}"
     if (out / "rootfs.cpio").exists():
         return out / "rootfs.cpio"
-    tmp = root / "tmp-rootfs"
+    tmp = root / f"tmp-{name}"
     rootfs = tmp / "root"
     marker = tmp / f"debootstrap-{key}"
     start = time.monotonic()
@@ -323,10 +343,10 @@ def _rootfs(root: Path, mirror: str, key: str, kdir: Path, kver: str) -> Path:
         if tmp.exists():
             run(["rm", "-rf", "--one-file-system", str(tmp)], 600)
         tmp.mkdir(parents=True)
-        _debootstrap(rootfs, mirror)
+        (bootstrap or _debootstrap)(rootfs, mirror)
         marker.touch()
         log(f"debootstrap done in {time.monotonic() - start:.0f} s ({mib(dir_size(rootfs))})")
-    _customize(rootfs, kdir, kver)
+    _customize(rootfs, kdir, kver, image)
     _pack(rootfs, tmp / "rootfs.cpio")
     marker.unlink()
     run(["rm", "-rf", "--one-file-system", str(rootfs)], 600)
@@ -410,12 +430,7 @@ def ensure(*, acpi_fix: bool = True) -> Assets:
     with locked(root):
         mirror = host_mirror()
         apt = Apt(root / "apt", mirror)
-        try:
-            apt.update()
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            if not apt.has_lists():
-                raise
-            log(f"apt-get update failed, using the lists from the last run: {exc}")
+        apt.refresh()
         package = apt.kernel_package()
         versions = apt.versions([package, *GUEST_PACKAGES])
         kver, vmlinuz = _kernel(root, apt, package, versions[package])

@@ -30,8 +30,17 @@ def _present(a: assets_mod.Assets) -> bool:
 class GuestPool:
     """Keeps one guest alive between tests; boots a new one when another kind is asked for."""
 
-    def __init__(self, assets: assets_mod.Assets) -> None:
+    def __init__(
+        self,
+        assets: assets_mod.Assets,
+        vm_class: type[Vm] = Vm,
+        guest_class: type[Guest] = Guest,
+    ) -> None:
         self.assets = assets
+        # Another architecture's guest (tests/system/test_ppc64.py) on its own assets: it has
+        # the default flavour only.
+        self.vm_class = vm_class
+        self.guest_class = guest_class
         self._flavours = {flavours.DEFAULT: assets}
         self.vm: Vm | None = None
         self.guest: Guest | None = None
@@ -50,13 +59,13 @@ class GuestPool:
         stale = self.vm is not None and fresh_cpus and self.vm.cpu_removed
         if self.guest is None or self.kind != kind or stale:
             self.close()
-            self.vm = Vm(self.assets_for(flavour), name=kind, no_reboot=no_reboot)
+            self.vm = self.vm_class(self.assets_for(flavour), name=kind, no_reboot=no_reboot)
             self.vm.__enter__()
             _TIMINGS.append(
                 f"VM {kind}: booted in {self.vm.boot_s:.1f} s after waiting "
                 f"{self.vm.lock_wait_s:.0f} s for other guests (logs in {self.vm.dir})"
             )
-            self.guest = Guest(self.vm)
+            self.guest = self.guest_class(self.vm)
             self.kind = kind
         return self.guest
 
@@ -65,6 +74,8 @@ class GuestPool:
         # Another checkout's run can prune a build this session still holds (the shared
         # cache keeps one ACPI override per QEMU setup): then build or find it again.
         if known is None or not _present(known):
+            if self.vm_class is not Vm:
+                raise RuntimeError(f"{self.vm_class.__name__} has no {flavour.name} assets")
             started = time.monotonic()
             known = self._flavours[flavour] = flavours.ensure(flavour)
             took = time.monotonic() - started

@@ -462,8 +462,23 @@ def install_tree(vm: Vm, tree: Path) -> None:
     vm.agent.run(["/bin/sh", "-ec", script, "links", *links], 60).check()
 
 
+# ppc64 lists no "Crash kernel" in /proc/iomem; its device tree names the reservation.
+DT_CRASHKERNEL = "/proc/device-tree/chosen/linux,crashkernel-"
+
+
+def parse_dt_crashkernel(base: bytes, size: bytes) -> Range:
+    """The reservation from the device tree's big-endian `linux,crashkernel-base`/`-size`."""
+    if len(base) not in (4, 8) or len(size) not in (4, 8):
+        raise ValueError(f"crashkernel-base/-size of {len(base)}/{len(size)} bytes")
+    start = int.from_bytes(base, "big")
+    return (start, start + int.from_bytes(size, "big"))
+
+
 def machine_now(vm: Vm) -> Machine:
     ram, crash = parse_iomem(vm.agent.read_text("/proc/iomem"))
+    if not crash and vm.agent.wait_path(f"{DT_CRASHKERNEL}base", 0.0):
+        base, size = (vm.agent.read_file(f"{DT_CRASHKERNEL}{p}") for p in ("base", "size"))
+        crash = [parse_dt_crashkernel(base, size)]
     online = parse_cpulist(vm.agent.read_text("/sys/devices/system/cpu/online"))
     return Machine(tuple(ram), tuple(crash), online)
 

@@ -298,12 +298,7 @@ def ensure(flavour: Flavour = DEFAULT) -> Assets:
     with assets.locked(root):
         mirror = assets.host_mirror()
         kapt = Apt(root / "apt", mirror, suite=flavour.kernel_suite)
-        try:
-            kapt.update()
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-            if not kapt.has_lists():
-                raise
-            log(f"{flavour.name}: apt-get update failed, using the last lists: {exc}")
+        kapt.refresh()
         package = _kernel_package(kapt, flavour)
         versions = kapt.versions([package])
         kdir = _kernel(root, kapt, flavour, package, versions[package])

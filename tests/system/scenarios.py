@@ -38,16 +38,22 @@ LOAD_LABEL = {
 RELOAD_LOG = "/run/crashhp-test/reloads.log"
 RELOAD_SCRIPT_PATH = "/usr/local/sbin/crashhp-test-reload"
 # crashhp's reload.method = "command": log each call, then unload and load with kexec_load.
-RELOAD_SCRIPT = f"""#!/bin/sh
+
+
+def reload_script(image: str, append: str) -> str:
+    return f"""#!/bin/sh
 # crashhp system test: the configured reload command. Logs every call.
 log={RELOAD_LOG}
 echo "start $$ $(cut -d' ' -f1 /proc/uptime)" >>"$log"
 /usr/sbin/kexec -p -u || {{ echo "done $$ unload-failed" >>"$log"; exit 1; }}
-/usr/sbin/kexec -c -p --initrd={CRASH_INITRD} --append="{CRASH_APPEND}" "/boot/vmlinuz-$(uname -r)"
+/usr/sbin/kexec -c -p --initrd={CRASH_INITRD} --append="{append}" "/boot/{image}-$(uname -r)"
 rc=$?
 echo "done $$ $rc" >>"$log"
 exit $rc
 """
+
+
+RELOAD_SCRIPT = reload_script("vmlinuz", CRASH_APPEND)
 CONFIG_PATH = "/etc/crashhp/crashhp.toml"
 # quiet_ms: under TCG on a shared 2-core host the steps of one burst (CPU add, online, DIMM)
 # can be more than the default 500 ms apart; on hardware they are milliseconds apart.
@@ -97,6 +103,11 @@ class Outcome:
 
 
 class Guest:
+    # The kernel image in /boot and the crash kernel's command line (ppc64: vmlinux, hvc0).
+    image = "vmlinuz"
+    crash_append = CRASH_APPEND
+    crash_initrd = CRASH_INITRD
+
     def __init__(self, vm: Vm, say: Say = quiet) -> None:
         self.vm = vm
         self.say = say
@@ -106,7 +117,8 @@ class Guest:
         # memory stays offline until someone writes its state (as a distribution's rule would).
         self.auto_online = self.sh("cat /sys/devices/system/memory/auto_online_blocks").strip()
         self.sh(f"mkdir -p /run/crashhp-test /etc/crashhp && : >>{RELOAD_LOG}")
-        self.vm.agent.write_file(RELOAD_SCRIPT_PATH, RELOAD_SCRIPT, 0o755)
+        script = reload_script(self.image, self.crash_append)
+        self.vm.agent.write_file(RELOAD_SCRIPT_PATH, script, 0o755)
         self.vm.agent.write_file(CONFIG_PATH, CONFIG)
         dropin = os.environ.get("CRASHHP_TEST_UNIT_DROPIN")
         if dropin:
@@ -148,9 +160,9 @@ class Guest:
             "/usr/sbin/kexec",
             "-p",
             *LOAD_FLAGS[mode],
-            f"--initrd={CRASH_INITRD}",
-            f"--append={CRASH_APPEND}",
-            f"/boot/vmlinuz-{self.kver}",
+            f"--initrd={self.crash_initrd}",
+            f"--append={self.crash_append}",
+            f"/boot/{self.image}-{self.kver}",
         ]
         self.vm.agent.run(argv, 60).check()
         if not self.crash_loaded():

@@ -55,6 +55,19 @@ class VmError(RuntimeError):
     """The guest or QEMU did not do what was asked: always a test failure, never a skip."""
 
 
+# No network, no display, no default devices; the agent's virtio-serial bus (any machine).
+COMMON_ARGS = (
+    "-nic",
+    "none",
+    "-display",
+    "none",
+    "-no-user-config",
+    "-nodefaults",
+    "-device",
+    "virtio-serial-pci,id=vser0",
+)
+
+
 def hardware_args() -> list[str]:
     return [
         "-machine",
@@ -67,14 +80,7 @@ def hardware_args() -> list[str]:
         MEMORY,
         "-smp",
         SMP,
-        "-nic",
-        "none",
-        "-display",
-        "none",
-        "-no-user-config",
-        "-nodefaults",
-        "-device",
-        "virtio-serial-pci,id=vser0",
+        *COMMON_ARGS,
     ]
 
 
@@ -388,6 +394,13 @@ class Agent:
 
 
 class Vm:
+    # The machine: a subclass for another architecture overrides these (tests/system/ppc64.py).
+    qemu = QEMU
+    boot_timeout_s = BOOT_TIMEOUT_S
+
+    def hardware_args(self) -> list[str]:
+        return hardware_args()
+
     def __init__(
         self,
         assets: Assets,
@@ -460,8 +473,8 @@ class Vm:
         return SYSTEMD_BY_SUITE.get(suite, SYSTEMD_BY_SUITE["trixie"])
 
     def start(self) -> None:
-        if shutil.which(QEMU) is None:
-            raise VmError(f"{QEMU} not found: install qemu-system-x86 (make setup)")
+        if shutil.which(self.qemu) is None:
+            raise VmError(f"{self.qemu} not found: install it (make setup)")
         waiting = time.monotonic()
         self._take_qemu_lock()
         self.lock_wait_s = time.monotonic() - waiting
@@ -486,8 +499,8 @@ class Vm:
             write_into_image(image, overlay_cpio(self._systemd_version()))
             drive = ["-drive", f"file={image},if=virtio,format=raw"]
         argv = [
-            QEMU,
-            *hardware_args(),
+            self.qemu,
+            *self.hardware_args(),
             "-name",
             f"crashhp-{self.name}",
             "-serial",
@@ -513,7 +526,7 @@ class Vm:
             stdout=(self.dir / "qemu.out").open("wb"),
             stderr=subprocess.STDOUT,
         )
-        deadline = started + BOOT_TIMEOUT_S
+        deadline = started + self.boot_timeout_s
         self._qmp = Qmp(_connect(self.dir / "qmp.sock", deadline, self), self)
         self._agent = Agent(_connect(self.dir / "agent.sock", deadline, self), self)
         try:

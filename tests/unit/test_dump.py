@@ -97,6 +97,18 @@ def test_required_memory_is_ram_above_1mib_minus_the_reservation() -> None:
     assert m.required() == [(0x100000, 0x61000000), (0x71000000, 0x7FFDF000), (4 * GIB, 5 * GIB)]
 
 
+def test_dt_crashkernel_is_big_endian_base_and_size() -> None:
+    """ppc64: no "Crash kernel" in /proc/iomem; chosen/linux,crashkernel-* in the device tree."""
+    base = (512 << 20).to_bytes(8, "big")
+    assert dump.parse_dt_crashkernel(base, (512 << 20).to_bytes(8, "big")) == (
+        512 << 20,
+        1024 << 20,
+    )
+    assert dump.parse_dt_crashkernel(b"\0\0\0\x10", b"\0\0\0\x20") == (16, 48)
+    with pytest.raises(ValueError, match="bytes"):
+        dump.parse_dt_crashkernel(b"\0" * 3, b"\0" * 8)
+
+
 # ---- ELF cores ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,41 @@
+"""The ppc64le harness's pure parts, without a VM: the uevent sequences the closing figures
+quote. Fast: they run with `make system` (the vmcore head is dump.py's, tested in
+tests/unit/test_dump.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.system.ppc64 import compress, uevent_sequence
+
+pytestmark = pytest.mark.system
+
+
+def test_uevent_sequence_orders_by_seqnum_within_the_window() -> None:
+    def ev(t: int, seq: int, action: str, path: str) -> dict[str, object]:
+        sub = path.split("/")[3]
+        return {"t": t, "k": "uevent", "action": action, "subsystem": sub, "devpath": path,
+                "seqnum": seq}  # fmt: skip
+
+    records = [
+        ev(5, 11, "online", "/devices/system/cpu/cpu2"),
+        ev(4, 10, "add", "/devices/system/cpu/cpu2"),
+        {"t": 6, "k": "loaded", "v": 1, "gap_us": 3},
+        ev(1, 9, "add", "/devices/system/memory/memory8"),
+        ev(7, 12, "add", "/devices/system/memory/memory9"),
+        ev(8, 13, "add", "/devices/system/memory/memory10"),
+    ]
+    seq = uevent_sequence(records, 2, 8)
+    assert seq == [
+        "add cpu cpu2",
+        "online cpu cpu2",
+        "add memory memory9",
+        "add memory memory10",
+    ]
+    assert compress(seq) == "add cpu, online cpu, add memory x2"
+
+
+def test_compress_keeps_interleaved_runs_apart() -> None:
+    seq = ["add memory memory8", "online memory memory8", "add memory memory9"]
+    assert compress(seq) == "add memory, online memory, add memory"
+    assert compress([]) == ""
