@@ -56,7 +56,8 @@ matrix: setup
 # hotplug, the load modes, each scenario ending in a crash and a dump check. Not in CI (with
 # the x86 suites it does not fit the 60 minutes): run it before closing a change that touches
 # the ppc64 path, the dump check or the harness (tests/system/README.md, "ppc64le").
-system-ppc64: setup
+system-ppc64:
+	@scripts/setup --ppc64
 	$(PY) -m pytest -q -p no:cacheprovider -m ppc64 tests/system/test_ppc64.py
 
 # The Debian packages (trixie's, and bookworm's with vendored pydantic and structlog) and

@@ -215,6 +215,12 @@ def test_scenario_then_dump(
     elif mode == "classic":
         _one_reload(g, out)
         assert out.events["burst"] == 1, dict(out.events)
+        # The reload cannot bring the DIMM into the image: crashhp says so (crashhp.arch).
+        rc, status = g.status()
+        assert status is not None, "crashhp status --json printed no JSON"
+        assert (rc, status["verdict"]) == (1, "WARNING"), status
+        assert "leaves hot-added memory out" in status["headline"], status
+        summary.append(f"ppc64 {scenario}: crashhp status: WARNING, {status['headline']}")
     elif mode == "none":
         assert out.row.reloads == 0, out.reload_log
         assert out.events["not_loaded"] >= 1, dict(out.events)
