@@ -5,6 +5,7 @@ Pure functions over the recorder's records (guest CLOCK_MONOTONIC ns): no VM nee
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ class Metrics:
     # last 0 -> 1 transition after it, or 0 if the kernel keeps the loaded one current.
     restore_ms: float | None
     max_sample_gap_ms: float  # the poller's worst resolution at a transition
+    # The pauses between consecutive uevents: the harness's own steps, not crashhp's doing.
+    uevent_gaps_ms: tuple[float, ...] = ()
 
 
 def analyse(
@@ -65,6 +68,9 @@ def analyse(
         loaded_at_end=None if state is None else state == 1,
         restore_ms=restore,
         max_sample_gap_ms=worst_gap / 1000,
+        uevent_gaps_ms=tuple(
+            (int(b["t"]) - int(a["t"])) / 1e6 for a, b in itertools.pairwise(uevents)
+        ),
     )
 
 

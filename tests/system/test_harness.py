@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import struct
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from tests.system import acpi, flavours, vm
 from tests.system.cpio import CpioWriter
 from tests.system.measure import Row, analyse, table
+from tests.system.scenarios import QUIET_MS, Outcome
 
 pytestmark = pytest.mark.system
 
@@ -126,6 +128,33 @@ def test_analyse_ignores_records_outside_the_window() -> None:
     records = [_loaded(0, 1), _loaded(1 * MS, 0), _loaded(2 * MS, 1), _uevent(500 * MS)]
     m = analyse(records, 100 * MS, 200 * MS)
     assert (m.uevents, m.drops, m.unloaded_ms) == (0, 0, 0)
+
+
+def test_analyse_lists_the_pauses_between_uevents() -> None:
+    records = [_uevent(10 * MS), _loaded(15 * MS, 1), _uevent(30 * MS), _uevent(2030 * MS)]
+    m = analyse(records, 0, 3000 * MS)
+    assert m.uevent_gaps_ms == (20.0, 2000.0)
+
+
+def _outcome(uevents_at_ms: list[int]) -> Outcome:
+    m = analyse([_uevent(t * MS) for t in uevents_at_ms], 0, 60_000 * MS)
+    return Outcome(Row("B", "burst", "kexec -c -p", "0/0", 1, m), collections.Counter(), [])
+
+
+def test_one_reload_per_burst_allows_a_split_only_at_a_pause() -> None:
+    steady = _outcome([0, 300, 900, 1500, 1900])  # no pause near quiet_ms: one burst
+    steady.assert_one_reload_per_burst(1)
+    for count in (0, 2):
+        with pytest.raises(AssertionError, match=rf"{count} reloads for 1 burst"):
+            steady.assert_one_reload_per_burst(count)
+    paused = _outcome([0, 300, 300 + QUIET_MS + 200, 2100])  # the harness paused 1700 ms
+    paused.assert_one_reload_per_burst(1)
+    paused.assert_one_reload_per_burst(2)
+    assert paused.row.notes == [
+        f"the harness paused 1700 ms between two uevents (quiet_ms {QUIET_MS}): 2 bursts"
+    ]
+    with pytest.raises(AssertionError, match="3 reloads for 2 burst"):
+        paused.assert_one_reload_per_burst(3)
 
 
 def test_table_lists_every_row() -> None:
