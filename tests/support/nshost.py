@@ -7,7 +7,8 @@ bind-mounts those directories over ``/sys/devices/system/cpu``, ``/sys/devices/s
 ``/sys/kernel`` and ``/run`` inside the namespace only, and a fake ``proc/iomem`` file over
 ``/proc/iomem`` (procfs cannot be replaced wholesale, one file can). The test writes the files
 directly in its directory at any time; the program sees them at the kernel's paths. The fake
-iomem is one file bind-mounted by inode, so it is rewritten in place, never replaced.
+iomem is one file bind-mounted by inode, so it is rewritten in place (one pwrite, never a
+truncate), never replaced.
 ``run/udev/control`` exists so that libudev subscribes to the udev group even where ``/dev``
 is not a devtmpfs.
 
@@ -675,11 +676,21 @@ class FakeHost:
                 size = min(4, memory_blocks - first) * self.BLOCK_BYTES
                 lines.append(f"{start:08x}-{start + size - 1:08x} : System RAM")
                 start += size
-            fd = os.open(self.iomem, os.O_WRONLY | os.O_TRUNC)
-            try:
-                os.write(fd, ("\n".join(lines) + "\n").encode())
-            finally:
-                os.close(fd)
+            self._rewrite_iomem(("\n".join(lines) + "\n").encode())
+
+    def _rewrite_iomem(self, data: bytes) -> None:
+        """Rewrite the bind-mounted file in place with one pwrite, never truncating.
+
+        Truncating and then writing left a window in which a reader (the daemon, the reload
+        recorder) could see an empty /proc/iomem, which the real one never is. Empty lines pad
+        the new text to the old length (readers count only "System RAM" lines, as crashhp and
+        kexec-tools do).
+        """
+        fd = os.open(self.iomem, os.O_WRONLY)
+        try:
+            os.pwrite(fd, data.ljust(os.fstat(fd).st_size, b"\n"), 0)
+        finally:
+            os.close(fd)
 
     def topology(self) -> dict[str, Any]:
         """The current fake topology, as the reload recorder records a "loaded image"."""

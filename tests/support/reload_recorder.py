@@ -101,6 +101,13 @@ def _topology(sysfs: Path) -> dict[str, Any]:
     return image
 
 
+def _put(path: Path, text: str) -> None:
+    """Replace a file atomically: its readers see the old text or the new, never none."""
+    tmp = path.with_name(f".{path.name}.recorder-tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main(argv: list[str]) -> int:
     state = Path(argv[0])
     sysfs = Path(argv[1]) if len(argv) > 1 else Path("/sys")
@@ -127,7 +134,7 @@ def main(argv: list[str]) -> int:
         _append(calls, {**base, "phase": "end", "t": time.monotonic(), "rc": 1})
         print("reload_recorder: simulated failure before the unload", file=sys.stderr)
         return 1
-    loaded.write_text("0\n")
+    _put(loaded, "0\n")
     if knobs.get("hang"):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         _append(calls, {**base, "phase": "hang", "t": time.monotonic(), "child": child.pid})
@@ -147,13 +154,14 @@ def main(argv: list[str]) -> int:
         return 1
     end: dict[str, Any] = {**base, "phase": "end", "rc": 0}
     if not knobs.get("leave_unloaded"):
-        tmp = state / "image.tmp"
-        tmp.write_text(json.dumps(image, sort_keys=True))
-        tmp.replace(state / "image.json")
-        loaded.write_text("1\n")
+        # The kernel's order: loaded reads 1 once the image is in, so a test that waits for
+        # the image sees it loaded (image.json first left a window where loaded read 0, or
+        # empty while write_text truncated it: a fault test flaked on a busy host).
+        _put(loaded, "1\n")
         if knobs.get("hotplug_after"):
             for sub in ("cpu", "memory"):
-                (sysfs / "devices/system" / sub / "crash_hotplug").write_text("1\n")
+                _put(sysfs / "devices/system" / sub / "crash_hotplug", "1\n")
+        _put(state / "image.json", json.dumps(image, sort_keys=True))
         end["image"] = image
     _append(calls, {**end, "t": time.monotonic()})
     return 0
