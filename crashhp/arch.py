@@ -8,8 +8,11 @@ From the kernel's and kexec-tools' behaviour (docs/design.md, "Architectures"):
 - ppc64: a hot-added CPU arrives as ``online``, and the crash kernel's device tree must
   list it (a crash on a CPU missing from it hangs the kdump kernel): online CPUs count.
   A kexec_load image's memory ranges are what kexec-tools finds in the device tree, and
-  kexec-tools 2.0.32 leaves hot-added memory out (measured in the pseries guest: the
-  vmcore after a reload lacked the hot-added DIMM, tests/system/test_ppc64.py). A reload
+  kexec-tools 2.0.32 clips them at ``/chosen/linux,memory-limit``, which the kernel exports
+  as the end of boot memory even without ``mem=``: hot-added memory lies above it and is left
+  out (measured in the pseries guest: limit 0x80000000, a DIMM at 0x80000000 listed ASSIGNED
+  in ibm,dynamic-memory-v2, and the vmcore after a reload lacked it;
+  tests/system/test_ppc64.py). A reload
   with kexec_load then keeps CPUs current but not memory: only a load the kernel keeps
   current (``kexec -c --hotplug`` made before the memory arrives, or kexec_file_load)
   gives a complete dump.
@@ -73,8 +76,9 @@ def rules(arch: Arch) -> Rules:
             online_cpus_count=True,
             kexec_load_memory_gap=(
                 "on ppc64 kexec-tools builds a kexec_load crash kernel's memory ranges from "
-                "the device tree and leaves hot-added memory out (kexec-tools 2.0.32), so "
-                "a reload keeps CPUs current but not memory"
+                "the device tree and leaves hot-added memory out (it clips them at "
+                "linux,memory-limit, the end of boot memory; kexec-tools 2.0.32), so a "
+                "reload keeps CPUs current but not memory"
             ),
         )
     return Rules(arch, None, online_cpus_count=True)

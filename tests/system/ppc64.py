@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -283,6 +284,14 @@ class PpcGuest(Guest):
             self.vm.dimm_add(self.new_dimm())
         return indices
 
+    def dt_prop(self, path: str) -> bytes:
+        """A property of the guest's /proc/device-tree, as bytes (the agent moves text)."""
+        full = f"/proc/device-tree/{path}"
+        out = self.vm.agent.run(["od", "-An", "-v", "-tx1", full], 30)
+        if out.rc != 0:
+            raise VmError(f"od {full}: {out.stderr.strip()}")
+        return bytes.fromhex("".join(out.stdout.split()))
+
     def wait_online(self, path: str, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while self.vm.agent.read_text(path).strip() != "1":
@@ -298,6 +307,27 @@ def uevent_sequence(records: list[dict[str, Any]], t0: int, t1: int) -> list[str
         f"{r['action']} {r['subsystem']} {r['devpath'].rsplit('/', 1)[-1]}"
         for r in sorted(inside, key=lambda r: int(r["seqnum"]))
     ]
+
+
+DRCONF_MEM_ASSIGNED = 0x8  # PAPR: the LMBs belong to this partition
+
+
+def dynamic_memory_v2(prop: bytes, lmb_size: int) -> list[tuple[int, int, int]]:
+    """``ibm,dynamic-memory-v2`` as (start, end, flags) per LMB set: a big-endian u32 count,
+    then per set u32 number of LMBs, u64 base, u32 DRC index, u32 associativity index, u32
+    flags (PAPR; the kernel's drmem.h)."""
+    (count,) = struct.unpack_from(">I", prop, 0)
+    sets = []
+    for i in range(count):
+        lmbs, base, _drc, _aa, flags = struct.unpack_from(">IQIII", prop, 4 + 24 * i)
+        sets.append((base, base + lmbs * lmb_size, flags))
+    return sets
+
+
+def be_u64(prop: bytes) -> int:
+    """A device tree cell pair (``linux,memory-limit``, ``ibm,lmb-size``)."""
+    (value,) = struct.unpack(">Q", prop)
+    return int(value)
 
 
 def compress(sequence: list[str]) -> str:

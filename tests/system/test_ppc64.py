@@ -12,6 +12,7 @@ tests/system/dump.py, as on x86 (test_dump.py).
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterator
 
 import pytest
@@ -20,7 +21,16 @@ from tests.system import dump, ppc64
 from tests.system.assets import Assets
 from tests.system.conftest import GuestPool
 from tests.system.measure import Row
-from tests.system.ppc64 import BOOT_CPUS, PpcGuest, PpcVm, compress, uevent_sequence
+from tests.system.ppc64 import (
+    BOOT_CPUS,
+    DRCONF_MEM_ASSIGNED,
+    PpcGuest,
+    PpcVm,
+    be_u64,
+    compress,
+    dynamic_memory_v2,
+    uevent_sequence,
+)
 from tests.system.test_scenarios import _no_reload, _one_reload
 
 pytestmark = pytest.mark.ppc64
@@ -153,7 +163,11 @@ def test_kexec_load_leaves_out_hot_added_memory(guest: PpcGuest, summary: list[s
     """kexec-tools builds a kexec_load image's elfcorehdr from the device tree on ppc64: after
     a DIMM hot-add (online in /proc/iomem, ASSIGNED in ibm,dynamic-memory-v2) its crash memory
     ranges still leave the DIMM out. So a reload cannot put hot-added memory into the dump
-    here; only an image the kernel updates (`--hotplug`, loaded before the memory came) can."""
+    here; only an image the kernel updates (`--hotplug`, loaded before the memory came) can.
+
+    Why: kexec-tools' exclude_crash_region() drops every range at or above
+    /chosen/linux,memory-limit, and the kernel exports that as the end of boot memory (no
+    mem= here), below any hot-added DIMM. The test pins both halves."""
     g = guest
     g.crashhp_stop()
     g.load("none")
@@ -166,13 +180,25 @@ def test_kexec_load_leaves_out_hot_added_memory(guest: PpcGuest, summary: list[s
     dimm = (int(data["addr"]), int(data["addr"]) + int(data["size"]))
     ram, _ = dump.parse_iomem(g.vm.agent.read_text("/proc/iomem"))
     assert dump.subtract([dimm], ram) == [], (ram, dimm)
+    assert "mem=" not in g.sh("cat /proc/cmdline")
+    limit = be_u64(g.dt_prop("chosen/linux,memory-limit"))
+    lmb = be_u64(g.dt_prop("ibm,dynamic-reconfiguration-memory/ibm,lmb-size"))
+    sets = dynamic_memory_v2(
+        g.dt_prop("ibm,dynamic-reconfiguration-memory/ibm,dynamic-memory-v2"), lmb
+    )
+    assigned = [(a, b) for a, b, flags in sets if flags & DRCONF_MEM_ASSIGNED]
+    assert dump.subtract([dimm], assigned) == [], (sets, dimm)
+    boot_base, boot_size = struct.unpack(">QQ", g.dt_prop("memory@0/reg"))
+    # The limit is the end of boot memory, and the DIMM lies above it: kexec-tools clips it.
+    assert limit == boot_base + boot_size <= dimm[0], (hex(limit), hex(boot_size), dimm)
     argv = ["/usr/sbin/kexec", "-c", "-p", "-d", f"--initrd={g.crash_initrd}"]
     result = g.vm.agent.run([*argv, f"--append={g.crash_append}", f"/boot/vmlinux-{g.kver}"])
     g.unload()
     assert result.rc == 0, result.stderr[-2000:]
     ranges = _ranges_after("CRASH MEMORY RANGES", result.stdout + result.stderr)
     summary.append(
-        f"ppc64 kexec -c -p after a DIMM at {dimm[0]:#x}-{dimm[1] - 1:#x}: crash memory ranges "
+        f"ppc64 kexec -c -p after a DIMM at {dimm[0]:#x}-{dimm[1] - 1:#x} (ASSIGNED in "
+        f"ibm,dynamic-memory-v2; linux,memory-limit {limit:#x}): crash memory ranges "
         + ", ".join(f"{a:#x}-{b - 1:#x}" for a, b in ranges)
     )
     assert ranges, result.stderr[-2000:]
