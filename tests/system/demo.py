@@ -55,7 +55,7 @@ def main() -> int:
             g.fresh_crashhp("file")
             cpu, mem = g.crash_hotplug()
             say(f"  crash_hotplug: cpu={cpu} memory={mem}: the kernel rewrites the header itself")
-            say("  hot-adding 2 CPUs, onlining them, hot-adding a 1 GiB DIMM through QMP ...")
+            say("  hot-adding 2 CPUs and a 1 GiB DIMM through QMP, then onlining the CPUs ...")
             out = g.measure("A", "+2 CPUs, online, +1 GiB", "file", g.add_cpus_and_dimm)
             _report(out)
             rows.append(out.row)
